@@ -1,0 +1,1 @@
+"""recrl: reinforcement-learning recommenders on TorchRL, Lightning and Hydra."""
