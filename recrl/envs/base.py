@@ -58,6 +58,14 @@ class UserResponseModel(abc.ABC):
     def respond(self, action: Tensor, generator: torch.Generator) -> UserResponse:
         """Show item ``action`` ([B] int64 in 1..N) to each user and update their state."""
 
+    def item_features(self) -> Tensor | None:
+        """Catalogue metadata an agent may see, [N+1, F] float32 (zeros at padding), or None.
+
+        Static item features (a topic, text embeddings, ...) are public in a real recommender,
+        unlike the users' hidden state. Models without any return None.
+        """
+        return None
+
     def expected_watch_time(self) -> Tensor:
         """Expected immediate reward of every item for every user, [B, N+1] (index 0 ignored).
 
@@ -132,6 +140,11 @@ class RecEnv(EnvBase):
         self._click = torch.zeros(B, dtype=torch.bool, device=dev)
         self._step_count = torch.zeros(B, dtype=torch.int64, device=dev)
         self.set_seed(seed)
+
+    @property
+    def item_features(self) -> Tensor | None:
+        """Public catalogue metadata, [N+1, F] float32, or None (see `UserResponseModel`)."""
+        return self.users.item_features()
 
     def _make_specs(self) -> None:
         B, L, N = self.batch_size[0], self.history_length, self.num_items

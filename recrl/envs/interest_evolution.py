@@ -66,6 +66,7 @@ class InterestEvolutionUsers(UserResponseModel):
         no_click_cost: float = 0.5,
         quality_gain: float = 0.9 / 3.4,
         interest_step: float = 0.3,
+        observe_topics: bool = True,
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__(num_users, num_items, device)
@@ -86,6 +87,7 @@ class InterestEvolutionUsers(UserResponseModel):
         self.no_click_cost = no_click_cost
         self.quality_gain = quality_gain
         self.interest_step = interest_step
+        self.observe_topics = observe_topics
 
         gen = torch.Generator().manual_seed(catalogue_seed)
         cluster = torch.randint(0, num_topics, (num_items,), generator=gen)  # [N]
@@ -131,6 +133,18 @@ class InterestEvolutionUsers(UserResponseModel):
         self.interest = self.interest.scatter(1, cluster, new_x_c[:, None])
         return UserResponse(click=click, watch_time=watch, done=self.budget <= 0)
 
+    def item_features(self) -> Tensor | None:
+        """One-hot topic of each item, [N+1, K] (zeros at padding), if ``observe_topics``.
+
+        RecSim's interest-evolution documents expose exactly this (their topic) to the agent;
+        quality stays hidden and must be learnt from the users' responses.
+        """
+        if not self.observe_topics:
+            return None
+        features = torch.nn.functional.one_hot(self.item_cluster, self.num_topics).float()
+        features[0] = 0.0
+        return features
+
     def expected_watch_time(self) -> Tensor:
         p = self._click_probability(self.interest[:, self.item_cluster])  # [B, N+1]
         return p * self.budget.clamp(0.0, self.item_length)[:, None]
@@ -169,6 +183,7 @@ class InterestEvolutionEnv(RecEnv):
         interest_step: float = 0.3,
         max_episode_steps: int = 1000,
         mask_history: bool = True,
+        observe_topics: bool = True,
     ) -> None:
         users = InterestEvolutionUsers(
             num_users,
@@ -182,6 +197,7 @@ class InterestEvolutionEnv(RecEnv):
             no_click_cost=no_click_cost,
             quality_gain=quality_gain,
             interest_step=interest_step,
+            observe_topics=observe_topics,
             device=device,
         )
         super().__init__(

@@ -1,0 +1,124 @@
+"""What every recrl RL algorithm shares, so that each algorithm's module holds only what differs.
+
+A ``RecommenderModule`` owns the environment factory, the collector that feeds training (through
+``recrl.collect.RolloutStream``), the running count of environment frames, and item click counts
+(the most-popular baseline is built from them). Subclasses provide the policies and turn rollouts
+into training batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import lightning as L
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch.utils.data import DataLoader
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase
+
+from recrl.collect import RolloutStream, rollout_dataloader
+from recrl.encoders import HistoryEncoder
+
+#: ``env_factory(num_users=..., seed=...)`` builds a batched recommendation environment.
+EnvFactory = Callable[..., EnvBase]
+
+
+class RecommenderModule(L.LightningModule):
+    """Base of the algorithm modules: environment, collection and bookkeeping.
+
+    Args:
+        encoder: the history encoder (its item table is shared with the scoring head).
+        env_factory: builds the training environment for ``num_envs`` users.
+        num_envs: users simulated in parallel by the collector (one batched env).
+        frames_per_batch: frames per collected rollout (``num_envs`` x rollout steps).
+        seed: seed of the training users; DDP rank r uses ``seed + r``.
+    """
+
+    def __init__(
+        self,
+        encoder: HistoryEncoder,
+        env_factory: EnvFactory,
+        *,
+        num_envs: int,
+        frames_per_batch: int,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if frames_per_batch % num_envs:
+            raise ValueError(
+                f"algo.frames_per_batch ({frames_per_batch}) must be a multiple of "
+                f"algo.num_envs ({num_envs}): each rollout steps every user the same number of times"
+            )
+        self.encoder = encoder
+        self.env_factory = env_factory
+        self.num_envs = num_envs
+        self.frames_per_batch = frames_per_batch
+        self.seed = seed
+        num_items = encoder.num_items
+        # Checkpointed with the model: the popularity baseline and the frame count survive resume.
+        self.register_buffer("item_clicks", torch.zeros(num_items + 1))
+        self.register_buffer("frames", torch.zeros((), dtype=torch.long))
+        self._last_rollout_time: float | None = None
+        self.frames_per_s: float | None = None
+
+    # -- what an algorithm provides ---------------------------------------------------------
+    @property
+    def greedy_policy(self) -> TensorDictModuleBase:
+        """The deterministic policy that is evaluated (no exploration)."""
+        raise NotImplementedError
+
+    @property
+    def collection_policy(self) -> TensorDictModuleBase:
+        """The policy that acts in the training environment (with exploration)."""
+        raise NotImplementedError
+
+    def rollout_to_batches(self, rollout: TensorDictBase) -> Iterator[TensorDictBase]:
+        """Turns one collected rollout ``[num_envs, steps]`` into training batches."""
+        raise NotImplementedError
+
+    def collector_postproc(self) -> Callable[[TensorDictBase], TensorDictBase] | None:
+        """A transform of each rollout applied by the collector (e.g. n-step returns)."""
+        return None
+
+    # -- shared plumbing ---------------------------------------------------------------------
+    def make_env(self, num_users: int, seed: int) -> EnvBase:
+        return self.env_factory(num_users=num_users, seed=seed)
+
+    def _make_collector(self) -> Collector:
+        # The rank is read here, in the training process, not in a DataLoader worker.
+        env = self.make_env(self.num_envs, seed=self.seed + self.global_rank)
+        return Collector(
+            env,
+            self.collection_policy,
+            frames_per_batch=self.frames_per_batch,
+            total_frames=-1,
+            postproc=self.collector_postproc(),
+            auto_register_policy_transforms=False,
+        )
+
+    def _count_and_batch(self, rollout: TensorDictBase) -> Iterator[TensorDictBase]:
+        """Book-keeping common to all algorithms, then the algorithm's own batching."""
+        clicked = rollout["next", "click"]
+        self.item_clicks.index_add_(
+            0, rollout["action"][clicked], torch.ones_like(rollout["action"][clicked], dtype=torch.float)
+        )
+        self.frames += rollout.numel()
+        now = time.perf_counter()
+        if self._last_rollout_time is not None:
+            # CleanRL's SPS: environment frames per second of wall time, collection + training.
+            # Logged from training_step: Lightning accepts self.log only inside its hooks.
+            self.frames_per_s = rollout.numel() / (now - self._last_rollout_time)
+        self._last_rollout_time = now
+        yield from self.rollout_to_batches(rollout)
+
+    def log_progress(self) -> None:
+        """Logs frames collected and collection speed; call from ``training_step``."""
+        self.log("train/frames", self.frames.float(), prog_bar=True)
+        if self.frames_per_s is not None:
+            self.log("train/frames_per_s", self.frames_per_s)
+
+    def train_dataloader(self) -> DataLoader:
+        return rollout_dataloader(RolloutStream(self._make_collector, self._count_and_batch))

@@ -1,0 +1,5 @@
+"""State encoders: user history -> state vector, and catalogue scoring tied to the item table."""
+
+from recrl.encoders.bert import HistoryEncoder, HistoryScorer, ItemScorer
+
+__all__ = ["HistoryEncoder", "HistoryScorer", "ItemScorer"]

@@ -1,0 +1,236 @@
+"""A BERT encoder of a user's interaction history, and the catalogue scorer tied to it.
+
+The history is a sequence of (recommended item, user response) pairs. Each position is embedded as
+``item embedding + response embedding + projected watch time``; a learned *state token* is put in
+front (like BERT's ``[CLS]``) and its output is the user's state. The state token is always
+attended to, so a user with an empty history (just reset) still gets a well-defined state instead
+of an all-masked attention row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import BertConfig, BertModel
+
+#: Response codes written by the environments (``history_response``).
+NUM_RESPONSE_CODES = 3  # 0 = padding, 1 = shown and skipped, 2 = clicked
+
+
+class HistoryEncoder(nn.Module):
+    """Encodes ``[..., L]`` histories into ``[..., hidden_size]`` user states with a ``BertModel``.
+
+    Args:
+        num_items: catalogue size N; item ids are ``1..N`` and ``0`` is padding.
+        history_length: L, the number of past recommendations the encoder sees.
+        hidden_size, num_layers, num_heads, intermediate_size: the BERT shape (a randomly
+            initialised BERT of that shape is built when ``pretrained_path`` is ``None``).
+        dropout: BERT's hidden and attention dropout. 0 by default: dropout in a value network
+            makes bootstrapped targets noisy and the collecting policy stochastic for no gain.
+        pretrained_path: a local folder with Hugging Face BERT weights (``config.json`` +
+            weights). Its transformer layers are loaded offline; the shape arguments are then
+            taken from its config. Nothing is ever downloaded.
+        item_features: public catalogue metadata ``[N+1, F]`` from the environment (e.g. topics),
+            or None. An item's vector is then its id embedding plus a learnt projection of its
+            features, so what is learnt about one item carries over to items like it.
+        item_ids: learn an embedding per item id. False (only with ``item_features``) describes
+            items by their features alone: far fewer parameters to learn from rewards, right when
+            items that share features behave alike (the synthetic simulator's topics).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        history_length: int,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        intermediate_size: int = 256,
+        dropout: float = 0.0,
+        pretrained_path: str | None = None,
+        item_features: Tensor | None = None,
+        item_ids: bool = True,
+    ) -> None:
+        super().__init__()
+        if not item_ids and item_features is None:
+            raise ValueError(
+                "encoder.item_ids=false needs item features from the environment (e.g. "
+                "env.observe_topics=true): items would have no representation at all"
+            )
+        if num_items < 1:
+            raise ValueError(f"encoder: num_items must be >= 1, got {num_items}")
+        if history_length < 1:
+            raise ValueError(f"encoder: history_length must be >= 1, got {history_length}")
+        self.bert = self._build_bert(
+            history_length, hidden_size, num_layers, num_heads, intermediate_size, dropout,
+            pretrained_path,
+        )
+        hidden_size = self.bert.config.hidden_size
+        self.hidden_size = hidden_size
+        self.num_items = num_items
+        self.history_length = history_length
+        self.item_ids = item_ids
+        self.item_embedding = (
+            nn.Embedding(num_items + 1, hidden_size, padding_idx=0) if item_ids else None
+        )
+        self.response_embedding = nn.Embedding(NUM_RESPONSE_CODES, hidden_size)
+        self.watch_time_projection = nn.Linear(1, hidden_size)
+        self.state_token = nn.Parameter(torch.zeros(hidden_size))
+        if item_features is not None:
+            if item_features.shape[0] != num_items + 1:
+                raise ValueError(
+                    f"item_features has {item_features.shape[0]} rows, expected num_items + 1 = "
+                    f"{num_items + 1} (row 0 is padding)"
+                )
+            self.register_buffer("item_features", item_features.detach().float().clone())
+            self.feature_projection = nn.Linear(item_features.shape[1], hidden_size, bias=False)
+        else:
+            self.item_features = None
+            self.feature_projection = None
+        if self.item_embedding is not None:
+            nn.init.normal_(self.item_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.item_embedding.weight[0] = 0.0  # the padding id stays a zero vector
+        nn.init.normal_(self.state_token, std=0.02)
+
+    @staticmethod
+    def _build_bert(
+        history_length: int,
+        hidden_size: int,
+        num_layers: int,
+        num_heads: int,
+        intermediate_size: int,
+        dropout: float,
+        pretrained_path: str | None,
+    ) -> BertModel:
+        if pretrained_path is not None:
+            path = Path(pretrained_path).expanduser()
+            if not (path / "config.json").is_file():
+                raise ValueError(
+                    f"encoder.pretrained_path={pretrained_path!r} is not a folder with Hugging Face "
+                    "BERT weights (no config.json there); give a local path, nothing is downloaded"
+                )
+            bert = BertModel.from_pretrained(
+                str(path), local_files_only=True, attn_implementation="sdpa",
+                add_pooling_layer=False,
+            )
+            if bert.config.max_position_embeddings < history_length + 1:
+                raise ValueError(
+                    f"the pretrained BERT at {pretrained_path} has "
+                    f"{bert.config.max_position_embeddings} positions, fewer than "
+                    f"history_length + 1 = {history_length + 1}"
+                )
+            return bert
+        if hidden_size % num_heads != 0:
+            raise ValueError(
+                f"encoder: hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})"
+            )
+        config = BertConfig(
+            vocab_size=1,  # items are fed as inputs_embeds; BERT's word table is unused
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            intermediate_size=intermediate_size,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
+            max_position_embeddings=history_length + 1,  # + the state token
+            attn_implementation="sdpa",
+        )
+        return BertModel(config, add_pooling_layer=False)
+
+    def feature_matrix(self) -> Tensor | None:
+        """The item features ``[N+1, F]`` this encoder was given (a buffer), or None."""
+        return self.item_features
+
+    def item_vectors(self) -> Tensor:
+        """Every item's vector, ``[N+1, H]``: id embedding and/or projected features."""
+        if self.item_embedding is None:
+            return self.feature_projection(self.item_features)
+        vectors = self.item_embedding.weight
+        if self.feature_projection is not None:
+            vectors = vectors + self.feature_projection(self.item_features)
+        return vectors
+
+    def forward(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
+        """``history``/``response`` ``[..., L]`` long, ``watch_time`` ``[..., L]`` float -> ``[..., H]``."""
+        batch_shape = history.shape[:-1]
+        length = history.shape[-1]
+        history = history.reshape(-1, length)  # [B, L]
+        response = response.reshape(-1, length)
+        watch_time = watch_time.reshape(-1, length, 1).to(self.state_token.dtype)
+        tokens = (
+            F.embedding(history, self.item_vectors())
+            + self.response_embedding(response)
+            + self.watch_time_projection(watch_time)
+        )  # [B, L, H]
+        state_token = self.state_token.expand(tokens.shape[0], 1, -1)  # [B, 1, H]
+        inputs = torch.cat([state_token, tokens], dim=1)  # [B, L+1, H]
+        attention_mask = torch.cat(
+            [torch.ones_like(history[:, :1]), (history != 0).long()], dim=1
+        )  # [B, L+1]
+        hidden = self.bert(inputs_embeds=inputs, attention_mask=attention_mask).last_hidden_state
+        return hidden[:, 0].reshape(*batch_shape, self.hidden_size)
+
+
+class ItemScorer(nn.Module):
+    """Scores every catalogue item for a state: ``score(s, a) = <W s, e_a> + b_a``.
+
+    The item vectors are the encoder's own (tied, as BERT4Rec ties its output layer), so one
+    matrix product scores the whole catalogue and item knowledge learnt on the input side is
+    reused.
+    The bias ``b_a`` lets an item's value independent of the user (e.g. its quality) be learnt
+    directly. Masking is left to the policy (TorchRL's ``action_mask_key``).
+    """
+
+    def __init__(self, encoder: HistoryEncoder) -> None:
+        super().__init__()
+        hidden_size = encoder.hidden_size
+        self.item_vectors = encoder.item_vectors  # a bound method: no second copy of the table
+        self.query = nn.Linear(hidden_size, hidden_size)
+        if encoder.item_ids:
+            self.item_bias = nn.Parameter(torch.zeros(encoder.num_items + 1))
+            self.feature_bias = None
+        else:  # items are their features: so is their bias
+            self.item_bias = None
+            self.feature_bias = nn.Linear(encoder.item_features.shape[1], 1, bias=False)
+            self._item_features = encoder.feature_matrix  # bound: follows the buffer across devices
+
+    def biases(self) -> Tensor:
+        """``b_a`` of every item, ``[N+1]``."""
+        if self.item_bias is not None:
+            return self.item_bias
+        return self.feature_bias(self._item_features()).squeeze(-1)
+
+    def forward(self, state: Tensor) -> Tensor:
+        """``state`` ``[..., H]`` -> scores ``[..., N+1]`` (index 0 is padding)."""
+        return self.query(state) @ self.item_vectors().T + self.biases()
+
+    def score_items(self, state: Tensor, items: Tensor) -> Tensor:
+        """Scores of given items only: ``state`` ``[..., H]``, ``items`` ``[...]`` -> ``[...]``."""
+        item_vectors = F.embedding(items, self.item_vectors())  # [..., H]
+        return (self.query(state) * item_vectors).sum(-1) + self.biases()[items]
+
+
+class HistoryScorer(nn.Module):
+    """Encoder + scorer: the whole map from an observed history to one score per item.
+
+    With ``state_value`` the scores are ``V(s) + score(s, a)`` (a dueling architecture, Wang et
+    al. 2016): how good the user's state is, which varies a lot, is learnt by one head, and the
+    item scores only have to learn how items differ, which is what decides the action.
+    """
+
+    def __init__(self, encoder: HistoryEncoder, state_value: bool = False) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.scorer = ItemScorer(encoder)
+        self.state_value = nn.Linear(encoder.hidden_size, 1) if state_value else None
+
+    def forward(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
+        state = self.encoder(history, response, watch_time)  # [..., H]
+        scores = self.scorer(state)  # [..., N+1]
+        if self.state_value is not None:
+            scores = scores + self.state_value(state)
+        return scores

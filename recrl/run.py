@@ -1,0 +1,218 @@
+"""``python -m recrl.run``: train a recommendation policy, evaluate it against baselines.
+
+Reads as the run does: compose the config (Hydra) -> check it -> build the environment factory,
+encoder and algorithm module -> train with Lightning -> evaluate the greedy policy and the
+baselines on held-out users -> write ``results.json``, the evaluation plot and print a table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from recrl.baselines import MostPopularRecommender, MyopicOracle, RandomRecommender
+from recrl.callbacks import PeriodicEvaluation, StepProgressBar
+from recrl.evaluation import evaluate_policy
+from recrl.plotting import plot_evaluation_curve
+
+log = logging.getLogger("recrl")
+
+# Warnings that are expected by design and would only teach users to ignore warnings:
+# the run folder exists before the CSV logger writes into it (Hydra made it), and the rollout
+# stream runs in the training process on purpose (it needs the live policy weights).
+warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty")
+warnings.filterwarnings("ignore", message=r".*does not have many workers")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+RESULTS_FILE = "results.json"
+FAILURE_FILE = "FAILED"
+
+
+class ConfigurationError(Exception):
+    """A configuration that cannot run; its message names the setting and the fix."""
+
+
+def check_hardware(trainer_cfg: DictConfig) -> None:
+    """Fails early, with the fix, when the trainer asks for devices this machine does not have."""
+    accelerator = str(trainer_cfg.get("accelerator", "cpu"))
+    devices = trainer_cfg.get("devices", 1)
+    if accelerator in ("gpu", "cuda"):
+        available = torch.cuda.device_count()
+        wanted = available if devices in (-1, "auto") else devices
+        if not isinstance(wanted, int):
+            raise ConfigurationError(
+                f"trainer.devices={devices!r}: give a number of GPUs (or -1 for all of them)"
+            )
+        if available == 0:
+            raise ConfigurationError(
+                f"trainer.accelerator={accelerator} asks for {wanted} GPU(s) but this machine has "
+                "none visible to PyTorch; use hardware=cpu"
+            )
+        if wanted > available:
+            raise ConfigurationError(
+                f"trainer.devices={wanted} asks for more GPUs than this machine has ({available}); "
+                f"use trainer.devices={available} or fewer"
+            )
+    elif accelerator == "cpu":
+        if devices not in (1, "1", "auto"):
+            raise ConfigurationError(
+                f"trainer.devices={devices} with accelerator=cpu: recrl trains on one CPU process "
+                "for now; use trainer.devices=1 (multi-process training comes with hardware=ddp_cpu)"
+            )
+    elif accelerator != "auto":
+        raise ConfigurationError(
+            f"trainer.accelerator={accelerator!r} is not supported; use hardware=cpu or hardware=gpu"
+        )
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Checks values that the components would only reject deep inside training."""
+    if cfg.trainer.max_steps is None or cfg.trainer.max_steps < 1:
+        raise ConfigurationError(
+            f"trainer.max_steps={cfg.trainer.max_steps}: training length is counted in optimiser "
+            "steps; give a positive number"
+        )
+    for key in ("num_users", "final_num_users", "every_n_steps", "max_steps"):
+        if cfg.evaluation[key] < 1:
+            raise ConfigurationError(f"evaluation.{key} must be >= 1, got {cfg.evaluation[key]}")
+    check_hardware(cfg.trainer)
+
+
+def build(cfg: DictConfig, output_dir: Path) -> tuple[Any, L.Trainer, PeriodicEvaluation]:
+    """Instantiates everything from the config; any rejected value becomes a ConfigurationError."""
+    try:
+        check_config(cfg)
+        env_factory = instantiate(cfg.env, _partial_=True)
+        probe_env = env_factory(num_users=1, seed=cfg.seed)  # rejects invalid env values now
+        encoder = instantiate(
+            cfg.encoder,
+            num_items=probe_env.num_items,
+            history_length=probe_env.history_length,
+            item_features=getattr(probe_env, "item_features", None),
+        )
+        module = instantiate(cfg.algo, encoder=encoder, env_factory=env_factory, seed=cfg.seed)
+        evaluation = PeriodicEvaluation(
+            every_n_steps=cfg.evaluation.every_n_steps,
+            num_users=cfg.evaluation.num_users,
+            seed=cfg.evaluation.seed,
+            max_steps=cfg.evaluation.max_steps,
+        )
+        checkpoint = ModelCheckpoint(
+            dirpath=output_dir / "checkpoints",
+            every_n_train_steps=cfg.checkpoint.every_n_steps,
+            save_last=True,
+            save_top_k=0,
+        )
+        loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
+        trainer = instantiate(
+            cfg.trainer, callbacks=[StepProgressBar(), evaluation, checkpoint], logger=loggers
+        )
+    except (ValueError, TypeError, InstantiationException) as err:
+        raise ConfigurationError(str(err).strip()) from err
+    return module, trainer, evaluation
+
+
+def final_evaluation(module: Any, cfg: DictConfig) -> dict[str, Any]:
+    """The greedy agent and every baseline on the same held-out users."""
+    num_users, seed = cfg.evaluation.final_num_users, cfg.evaluation.seed
+
+    def run(policy_for_env) -> dict[str, float]:
+        env = module.make_env(num_users, seed=seed)
+        return evaluate_policy(env, policy_for_env(env), max_steps=cfg.evaluation.max_steps)
+
+    module.eval()
+    agent = run(lambda env: module.greedy_policy)
+    baselines = {
+        "random": run(lambda env: RandomRecommender(seed=seed)),
+        "popular": run(lambda env: MostPopularRecommender(module.item_clicks)),
+    }
+    if hasattr(module.make_env(1, seed=seed), "expected_immediate_reward"):
+        baselines["oracle_myopic"] = run(MyopicOracle)
+    return {"agent": agent, "baselines": baselines}
+
+
+def format_results_table(results: dict[str, Any]) -> str:
+    """A plain-text table of the agent next to the baselines."""
+    rows = [("agent", results["agent"]), *results["baselines"].items()]
+    lines = [
+        f"{'policy':<14}{'return':>18}{'clicks':>16}{'CTR':>8}{'length':>16}{'coverage':>10}",
+    ]
+    for name, m in rows:
+        lines.append(
+            f"{name:<14}"
+            f"{m['return_mean']:>10.1f} ± {m['return_ci95']:<5.1f}"
+            f"{m['clicks_mean']:>8.1f} ± {m['clicks_ci95']:<5.1f}"
+            f"{m['ctr']:>8.3f}"
+            f"{m['episode_length']:>8.1f} ± {m['episode_length_ci95']:<5.1f}"
+            f"{m['coverage']:>10.3f}"
+        )
+    return "\n".join(lines)
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """A reader never sees a half-written file: write beside it, then rename."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """One complete run; returns what ``results.json`` holds."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module, trainer, evaluation = build(cfg, output_dir)
+    started = time.perf_counter()
+    trainer.fit(module)
+    if not trainer.is_global_zero:
+        return {}
+    results = final_evaluation(module, cfg)
+    results["frames"] = int(module.frames)
+    results["optimizer_steps"] = trainer.global_step
+    results["wall_time_s"] = round(time.perf_counter() - started, 1)
+    results["seed"] = cfg.seed
+    results["evaluation_protocol"] = (
+        f"online, simulator, {cfg.evaluation.final_num_users} held-out users "
+        f"(seed {cfg.evaluation.seed}), one episode each, greedy policy; ± is a 95% CI over users"
+    )
+    plot_evaluation_curve(
+        evaluation.curve, results["baselines"], output_dir / "evaluation_return.png",
+        title=f"{HydraConfig.get().runtime.choices.get('algo')} on "
+        f"{HydraConfig.get().runtime.choices.get('env')}",
+    )
+    write_json_atomically(output_dir / RESULTS_FILE, results)
+    print("\n" + format_results_table(results))
+    print(f"\nrun folder: {output_dir}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        results = train(cfg, output_dir)
+    except ConfigurationError as err:
+        (output_dir / FAILURE_FILE).write_text(f"configuration error: {err}\n")
+        # One line, no traceback: the message already names the setting and the fix.
+        raise SystemExit(f"recrl: configuration error: {err}") from None
+    except BaseException as err:
+        (output_dir / FAILURE_FILE).write_text(f"run failed: {err!r}\n")
+        raise
+    # Sweepers (Optuna) minimise or maximise what the task returns.
+    return results["agent"]["return_mean"] if results else None
+
+
+if __name__ == "__main__":
+    main()

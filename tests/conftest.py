@@ -1,0 +1,33 @@
+"""Shared test helpers: run ``python -m recrl.run`` as a user would, in a throw-away folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_environment() -> None:
+    """Nothing in the test suite may reach the network or wait for it."""
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def run_recrl(run_dir: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs the real entry point in a subprocess with its run folder at ``run_dir``."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "recrl.run", f"hydra.run.dir={run_dir}", *overrides],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

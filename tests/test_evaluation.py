@@ -1,0 +1,86 @@
+"""Evaluation accounting and baselines, against hand-computed numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from recrl.baselines import MostPopularRecommender, MyopicOracle, RandomRecommender
+from recrl.envs import InterestEvolutionEnv
+from recrl.evaluation import evaluate_policy, mean_ci95
+
+
+def test_mean_ci95_by_hand() -> None:
+    mean, half_width = mean_ci95(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert mean == pytest.approx(2.5)
+    # sample sd = sqrt(5/3); 1.959964 * sd / sqrt(4)
+    assert half_width == pytest.approx(1.959964 * math.sqrt(5 / 3) / 2)
+
+
+def popular_by_id(num_items: int) -> MostPopularRecommender:
+    """Counts that make item N the most popular, then N-1, ..."""
+    return MostPopularRecommender(torch.arange(num_items + 1, dtype=torch.float))
+
+
+def test_users_who_never_click_leave_after_budget_over_skip_cost() -> None:
+    # A huge no-click weight makes P(click) ~ 0: each step costs 0.5 of a budget of 5.
+    env = InterestEvolutionEnv(8, seed=0, num_items=50, time_budget=5.0, no_click_weight=1e12)
+    metrics = evaluate_policy(env, popular_by_id(50))
+    assert metrics["episode_length"] == 10 and metrics["episode_length_ci95"] == 0
+    assert metrics["return_mean"] == 0 and metrics["clicks_mean"] == 0 and metrics["ctr"] == 0
+    # Every user gets items 50, 49, ..., 41 (the history mask forbids repeats): 10 of 50 items.
+    assert metrics["coverage"] == pytest.approx(10 / 50)
+    assert metrics["num_users"] == 8
+
+
+def test_users_who_always_click_watch_until_the_budget_is_spent() -> None:
+    # A tiny no-click weight makes P(click) ~ 1; without quality gain a click costs 4 of 20.
+    env = InterestEvolutionEnv(
+        16, seed=0, num_items=50, time_budget=20.0, no_click_weight=1e-12, quality_gain=0.0
+    )
+    metrics = evaluate_policy(env, RandomRecommender(seed=0))
+    assert metrics["episode_length"] == 5
+    assert metrics["clicks_mean"] == 5 and metrics["ctr"] == 1
+    assert metrics["return_mean"] == pytest.approx(20.0)  # 5 clicks x watch time 4
+    assert metrics["return_ci95"] == pytest.approx(0.0)
+
+
+def test_most_popular_takes_the_most_clicked_allowed_item() -> None:
+    policy = MostPopularRecommender(torch.tensor([0.0, 5.0, 9.0, 9.0, 1.0]))
+    mask = torch.tensor([[False, True, True, True, True],   # 2 and 3 tie: lowest id wins
+                         [False, True, False, True, True],  # 2 masked: 3
+                         [False, True, False, False, True]])
+    out = policy(TensorDict({"action_mask": mask}, batch_size=[3]))
+    assert out["action"].tolist() == [2, 3, 1]
+
+
+def test_random_recommender_is_uniform_over_allowed_items() -> None:
+    mask = torch.zeros(20_000, 6, dtype=torch.bool)
+    mask[:, [2, 4, 5]] = True
+    action = RandomRecommender(seed=0)(TensorDict({"action_mask": mask}, batch_size=[20_000]))["action"]
+    counts = torch.bincount(action, minlength=6).float() / 20_000
+    assert counts[[0, 1, 3]].sum() == 0
+    torch.testing.assert_close(counts[[2, 4, 5]], torch.full((3,), 1 / 3), atol=0.02, rtol=0)
+
+
+def test_myopic_oracle_picks_the_best_immediate_item() -> None:
+    env = InterestEvolutionEnv(64, seed=3)
+    td = env.reset()
+    expected = env.expected_immediate_reward()
+    action = MyopicOracle(env)(td)["action"]
+    torch.testing.assert_close(expected.gather(1, action[:, None]).squeeze(1), expected.max(1).values)
+
+
+def test_oracle_beats_random_and_same_users_give_same_numbers() -> None:
+    def run(policy_for_env):
+        env = InterestEvolutionEnv(300, seed=42)
+        return evaluate_policy(env, policy_for_env(env))
+
+    oracle = run(MyopicOracle)
+    random_a, random_b = run(lambda env: RandomRecommender(seed=0)), run(lambda env: RandomRecommender(seed=0))
+    assert random_a == random_b
+    assert oracle["return_mean"] - oracle["return_ci95"] > random_a["return_mean"] + random_a["return_ci95"]
+    assert oracle["ctr"] > 0.4 > random_a["ctr"]  # the oracle's clicks come from knowing x

@@ -1,0 +1,92 @@
+"""The entry point end to end: what a run writes, and how bad input ends."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_recrl
+
+METRIC_KEYS = {"return_mean", "return_ci95", "clicks_mean", "ctr", "episode_length", "coverage"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    proc = run_recrl(run_dir, "debug=smoke")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_smoke_run_writes_every_output(smoke_run: Path) -> None:
+    assert (smoke_run / ".hydra" / "config.yaml").is_file()
+    assert (smoke_run / "checkpoints" / "last.ckpt").is_file()
+    assert (smoke_run / "evaluation_return.png").stat().st_size > 1000
+    assert not (smoke_run / "FAILED").exists()
+    results = json.loads((smoke_run / "results.json").read_text())
+    assert METRIC_KEYS <= results["agent"].keys()
+    assert set(results["baselines"]) == {"random", "popular", "oracle_myopic"}
+    for stats in results["baselines"].values():
+        assert METRIC_KEYS <= stats.keys()
+    assert results["optimizer_steps"] == 20
+    # debug=smoke: rollouts of 16 frames, 2 updates each once 32 frames are in the buffer, so 11
+    # rollouts feed 20 updates (Lightning may prefetch one rollout more).
+    assert results["frames"] in (176, 192)
+    assert results["wall_time_s"] > 0
+    # The myopic oracle knows the users: it must beat the uniformly random policy.
+    oracle, random = results["baselines"]["oracle_myopic"], results["baselines"]["random"]
+    assert oracle["return_mean"] - oracle["return_ci95"] > random["return_mean"]
+    assert random["coverage"] > 0.5  # 32 users x ~120 random picks cover most of 500 items
+
+
+def test_smoke_run_logs_train_and_val_metrics(smoke_run: Path) -> None:
+    with open(smoke_run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    columns = set(rows[0])
+    assert {"train/loss", "train/frames", "val/return", "val/frames"} <= columns
+    val_returns = [r["val/return"] for r in rows if r["val/return"]]
+    assert len(val_returns) == 3  # before training, at step 10 and at step 20
+
+
+def test_checkpoint_holds_model_and_click_counts(smoke_run: Path) -> None:
+    ckpt = torch.load(smoke_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = ckpt["state_dict"]
+    assert state["frames"].item() > 0
+    assert state["item_clicks"].sum() > 0
+    assert any(k.startswith("q_network.encoder.bert.") for k in state)
+
+
+def test_same_seed_same_metrics(smoke_run: Path, tmp_path: Path) -> None:
+    proc = run_recrl(tmp_path / "again", "debug=smoke")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = json.loads((smoke_run / "results.json").read_text())
+    second = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert first["agent"] == second["agent"]
+    assert first["baselines"] == second["baselines"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["algo=nonexistent"], "algo"),
+        (["env.num_items=-5"], "num_items"),
+        (["env.history_length=0"], "history_length"),
+        (["hardware=gpu"], "GPU"),
+        (["trainer.accelerator=gpu", "trainer.devices=4"], "GPU"),
+        (["trainer.devices=4"], "trainer.devices=4"),
+        (["trainer.max_steps=0"], "trainer.max_steps"),
+    ],
+)
+def test_bad_input_ends_with_one_clear_error(
+    tmp_path: Path, overrides: list[str], expected: str
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_recrl(run_dir, "debug=smoke", *overrides, timeout=120)
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert not (run_dir / "results.json").exists()
