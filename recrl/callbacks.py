@@ -34,18 +34,20 @@ class PeriodicEvaluation(L.Callback):
         metrics = evaluate_policy(env, pl_module.greedy_policy, max_steps=self.max_steps)
         point = {"step": trainer.global_step, "frames": int(pl_module.frames), **metrics}
         self.curve.append(point)
-        pl_module.log_dict(
-            {
-                "val/return": metrics["return_mean"],
-                "val/return_ci95": metrics["return_ci95"],
-                "val/clicks": metrics["clicks_mean"],
-                "val/ctr": metrics["ctr"],
-                "val/episode_length": metrics["episode_length"],
-                "val/coverage": metrics["coverage"],
-                "val/frames": float(point["frames"]),
-            },
-            prog_bar=False,
-        )
+        # Straight to the loggers, one row per evaluation at its true step: self.log from a
+        # callback would be re-logged at every logging step and aggregated per epoch.
+        val_metrics = {
+            "val/return": metrics["return_mean"],
+            "val/return_ci95": metrics["return_ci95"],
+            "val/clicks": metrics["clicks_mean"],
+            "val/ctr": metrics["ctr"],
+            "val/episode_length": metrics["episode_length"],
+            "val/coverage": metrics["coverage"],
+            "val/frames": float(point["frames"]),
+        }
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(val_metrics, step=trainer.global_step)
         if trainer.progress_bar_callback is not None:
             trainer.progress_bar_callback.print(
                 f"step {point['step']:>6}  frames {point['frames']:>8}  "
