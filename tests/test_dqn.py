@@ -84,3 +84,35 @@ def test_dqn_learns_to_beat_random() -> None:
     agent = evaluate_policy(module.make_env(300, seed=123), module.greedy_policy)
     random = evaluate_policy(module.make_env(300, seed=123), RandomRecommender(seed=0))
     assert agent["return_mean"] - agent["return_ci95"] > random["return_mean"] + random["return_ci95"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"prioritized": True}, {"target_update": "hard", "target_hard_period": 2}, {"n_steps": 4}],
+)
+def test_training_options_run_a_real_update(options: dict) -> None:
+    """Prioritised replay (TorchRL's C++ segment tree), hard target updates and n-step targets."""
+    module = make_module(num_envs=4, frames_per_batch=16, batch_size=8, learning_starts=0,
+                         click_loss_weight=1.0, **options)
+    collector = module._make_collector()
+    rollout = next(iter(collector))
+    batches = list(module.rollout_to_batches(rollout))
+    assert len(batches) == module.hparams.updates_per_batch
+    if options.get("n_steps", 1) > 1:
+        assert batches[0]["steps_to_next_obs"].max() > 1  # MultiStep looked ahead
+    optimizer = module.configure_optimizers()
+    before = module.q_network.scorer.query.weight.detach().clone()
+    loss = module.loss_module(batches[0])["loss"] + module.click_loss(batches[0])
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert not torch.equal(before, module.q_network.scorer.query.weight)
+    if options.get("prioritized"):
+        module.replay_buffer.update_tensordict_priority(batches[0])
+        assert "priority_weight" in module.replay_buffer.sample().keys()
+    collector.shutdown()
+
+
+def test_n_steps_longer_than_a_rollout_is_rejected() -> None:
+    with pytest.raises(ValueError, match="n_steps"):
+        make_module(num_envs=8, frames_per_batch=16, n_steps=4)
