@@ -79,10 +79,6 @@ class RecommenderModule(L.LightningModule):
         """Turns one collected rollout ``[num_envs, steps]`` into training batches."""
         raise NotImplementedError
 
-    def collector_postproc(self) -> Callable[[TensorDictBase], TensorDictBase] | None:
-        """A transform of each rollout applied by the collector (e.g. n-step returns)."""
-        return None
-
     # -- shared plumbing ---------------------------------------------------------------------
     def make_env(self, num_users: int, seed: int) -> EnvBase:
         return self.env_factory(num_users=num_users, seed=seed)
@@ -95,12 +91,15 @@ class RecommenderModule(L.LightningModule):
             self.collection_policy,
             frames_per_batch=self.frames_per_batch,
             total_frames=-1,
-            postproc=self.collector_postproc(),
             auto_register_policy_transforms=False,
         )
 
     def _count_and_batch(self, rollout: TensorDictBase) -> Iterator[TensorDictBase]:
-        """Book-keeping common to all algorithms, then the algorithm's own batching."""
+        """Book-keeping common to all algorithms, then the algorithm's own batching.
+
+        Runs on the raw rollout, where ``("next", "click")`` answers ``"action"`` (an n-step
+        transform applied later shifts ``"next"`` forward).
+        """
         clicked = rollout["next", "click"]
         self.item_clicks.index_add_(
             0, rollout["action"][clicked], torch.ones_like(rollout["action"][clicked], dtype=torch.float)

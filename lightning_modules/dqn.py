@@ -84,6 +84,9 @@ class DQNModule(RecommenderModule):
                 f"frames_per_batch / num_envs = {frames_per_batch // num_envs}"
             )
         self.q_network = HistoryScorer(encoder, state_value=dueling)
+        # n-step returns: credit for a session that lasts longer reaches the recommendation
+        # that caused it n times faster than with one-step TD targets.
+        self.multi_step = MultiStep(gamma=gamma, n_steps=n_steps) if n_steps > 1 else None
         # Auxiliary click model on the shared encoder (SQN, Xin et al. 2020): predicting whether
         # the user clicks the recommended item is a dense, low-variance signal that teaches the
         # encoder user tastes and item similarity far sooner than bootstrapped TD targets do.
@@ -135,16 +138,14 @@ class DQNModule(RecommenderModule):
     def collection_policy(self) -> TensorDictSequential:
         return TensorDictSequential(self.policy, self.exploration)
 
-    def collector_postproc(self) -> MultiStep | None:
-        # n-step returns: credit for a session that lasts longer reaches the recommendation
-        # that caused it n times faster than with one-step TD targets.
-        if self.hparams.n_steps == 1:
-            return None
-        return MultiStep(gamma=self.hparams.gamma, n_steps=self.hparams.n_steps)
-
     def rollout_to_batches(self, rollout: TensorDictBase) -> Iterator[TensorDictBase]:
         # The collecting policy's scores ([N+1] floats a frame) are not needed to learn: drop them.
-        transitions = rollout.exclude("action_value", "chosen_action_value").reshape(-1)
+        rollout = rollout.exclude("action_value", "chosen_action_value")
+        # The user's answer to this very recommendation, kept before n-step shifts "next".
+        rollout["clicked"] = rollout["next", "click"]
+        if self.multi_step is not None:
+            rollout = self.multi_step(rollout)
+        transitions = rollout.reshape(-1)
         # Learn Q in scaled units: with returns in the hundreds, unscaled targets would take
         # Adam thousands of steps just to reach the right magnitude. Greedy actions are unchanged.
         transitions["next", "reward"] = transitions["next", "reward"] * self.hparams.reward_scale
@@ -159,7 +160,7 @@ class DQNModule(RecommenderModule):
         """Binary cross-entropy of the click model on the recommended items."""
         state = self.encoder(*(batch[key] for key in HISTORY_KEYS))  # [B, H]
         logits = self.click_head.score_items(state, batch["action"])  # [B]
-        return F.binary_cross_entropy_with_logits(logits, batch["next", "click"].float())
+        return F.binary_cross_entropy_with_logits(logits, batch["clicked"].float())
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> torch.Tensor:
         td_loss = self.loss_module(batch)["loss"]

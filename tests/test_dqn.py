@@ -116,3 +116,19 @@ def test_training_options_run_a_real_update(options: dict) -> None:
 def test_n_steps_longer_than_a_rollout_is_rejected() -> None:
     with pytest.raises(ValueError, match="n_steps"):
         make_module(num_envs=8, frames_per_batch=16, n_steps=4)
+
+
+def test_click_counts_and_click_targets_answer_the_action_even_with_n_steps() -> None:
+    """n-step targets shift "next" forward; popularity and the click loss must not follow."""
+    module = make_module(num_envs=4, frames_per_batch=32, batch_size=8, learning_starts=0,
+                         n_steps=4, buffer_size=64)
+    collector = module._make_collector()
+    raw = next(iter(collector))
+    expected_clicks = torch.zeros(61).index_add_(
+        0, raw["action"][raw["next", "click"]], torch.ones(int(raw["next", "click"].sum()))
+    )
+    list(module._count_and_batch(raw.clone()))
+    torch.testing.assert_close(module.item_clicks, expected_clicks)
+    stored = module.replay_buffer.storage[:32]
+    assert torch.equal(stored["clicked"], raw["next", "click"].reshape(-1))
+    collector.shutdown()
