@@ -8,7 +8,6 @@ baselines on held-out users -> write ``results.json``, the evaluation plot and p
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 import warnings
@@ -29,7 +28,6 @@ from recrl.callbacks import PeriodicEvaluation, StepProgressBar
 from recrl.evaluation import evaluate_policy
 from recrl.plotting import plot_evaluation_curve
 
-log = logging.getLogger("recrl")
 
 # Warnings that are expected by design and would only teach users to ignore warnings:
 # the run folder exists before the CSV logger writes into it (Hydra made it), and the rollout
