@@ -100,10 +100,8 @@ class RecommenderModule(L.LightningModule):
         Runs on the raw rollout, where ``("next", "click")`` answers ``"action"`` (an n-step
         transform applied later shifts ``"next"`` forward).
         """
-        clicked = rollout["next", "click"]
-        self.item_clicks.index_add_(
-            0, rollout["action"][clicked], torch.ones_like(rollout["action"][clicked], dtype=torch.float)
-        )
+        clicked_items = rollout["action"][rollout["next", "click"]]
+        self.item_clicks += torch.bincount(clicked_items, minlength=self.item_clicks.numel())
         self.frames += rollout.numel()
         now = time.perf_counter()
         if self._last_rollout_time is not None:

@@ -37,7 +37,7 @@ HISTORY_KEYS = ["history", "history_response", "history_watch_time"]
 class DQNModule(RecommenderModule):
     """Double DQN with a BERT history encoder, trained from a TorchRL collector + replay buffer.
 
-    See ``conf/algo/dqn.yaml`` for what each argument does.
+    See ``conf/algo/dqn.yaml`` for what each argument does; the defaults here are the same.
     """
 
     def __init__(
@@ -45,29 +45,29 @@ class DQNModule(RecommenderModule):
         encoder: HistoryEncoder,
         env_factory: EnvFactory,
         *,
-        num_envs: int = 32,
-        frames_per_batch: int = 128,
-        updates_per_batch: int = 2,
-        batch_size: int = 128,
+        num_envs: int = 8,
+        frames_per_batch: int = 256,
+        updates_per_batch: int = 4,
+        batch_size: int = 64,
         buffer_size: int = 100_000,
-        learning_starts: int = 1_000,
+        learning_starts: int = 2_000,
         prioritized: bool = False,
         priority_alpha: float = 0.6,
         priority_beta: float = 0.4,
         gamma: float = 0.99,
-        n_steps: int = 1,
+        n_steps: int = 32,
         dueling: bool = True,
-        reward_scale: float = 1.0,
-        click_loss_weight: float = 1.0,
+        reward_scale: float = 0.01,
+        click_loss_weight: float = 0.0,
         loss_function: str = "smooth_l1",
-        lr: float = 1e-3,
+        lr: float = 3e-4,
         weight_decay: float = 0.0,
         target_update: str = "soft",
         target_tau: float = 0.005,
         target_hard_period: int = 1_000,
         eps_init: float = 1.0,
-        eps_end: float = 0.05,
-        eps_annealing_frames: int = 50_000,
+        eps_end: float = 0.2,
+        eps_annealing_frames: int = 20_000,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -76,13 +76,12 @@ class DQNModule(RecommenderModule):
         self.save_hyperparameters(ignore=["encoder", "env_factory"])
         if target_update not in ("soft", "hard"):
             raise ValueError(f"algo.target_update must be 'soft' or 'hard', got {target_update!r}")
-        action_spec = self.make_env(1, seed=seed).action_spec_unbatched
-
         if n_steps < 1 or frames_per_batch // num_envs < n_steps:
             raise ValueError(
                 f"algo.n_steps={n_steps} must be >= 1 and at most the rollout length "
                 f"frames_per_batch / num_envs = {frames_per_batch // num_envs}"
             )
+        action_spec = self.make_env(1, seed=seed).action_spec_unbatched
         self.q_network = HistoryScorer(encoder, state_value=dueling)
         # n-step returns: credit for a session that lasts longer reaches the recommendation
         # that caused it n times faster than with one-step TD targets.
@@ -90,7 +89,7 @@ class DQNModule(RecommenderModule):
         # Auxiliary click model on the shared encoder (SQN, Xin et al. 2020): predicting whether
         # the user clicks the recommended item is a dense, low-variance signal that teaches the
         # encoder user tastes and item similarity far sooner than bootstrapped TD targets do.
-        self.click_head = ItemScorer(encoder)
+        self.click_head = ItemScorer(encoder) if click_loss_weight > 0 else None
         self.policy = QValueActor(
             TensorDictModule(self.q_network, in_keys=HISTORY_KEYS, out_keys=["action_value"]),
             spec=action_spec,
@@ -167,7 +166,7 @@ class DQNModule(RecommenderModule):
         if self.hparams.prioritized:
             self.replay_buffer.update_tensordict_priority(batch)
         loss = td_loss
-        if self.hparams.click_loss_weight > 0:
+        if self.click_head is not None:
             click_loss = self.click_loss(batch)
             loss = loss + self.hparams.click_loss_weight * click_loss
             self.log("train/click_loss", click_loss)
@@ -181,11 +180,7 @@ class DQNModule(RecommenderModule):
         self.target_updater.step()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        # The target network's copy lives in loss_module as buffers, never in the optimiser.
-        encoder_parameters = {id(p) for p in self.encoder.parameters()}
-        parameters = [*self.q_network.parameters(), *(
-            p for p in self.click_head.parameters() if id(p) not in encoder_parameters
-        )]
+        # The target network's copy lives in loss_module as buffers, so it is not among these.
         return torch.optim.AdamW(
-            parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )

@@ -61,7 +61,7 @@ class MyopicOracle(TensorDictModuleBase):
 
     def __init__(self, env) -> None:  # an env with ``expected_immediate_reward()``
         super().__init__()
-        if not hasattr(env, "expected_immediate_reward"):
+        if not getattr(env, "has_expected_reward", False):
             raise TypeError(
                 f"{type(env).__name__} exposes no hidden user state, so it has no myopic oracle"
             )

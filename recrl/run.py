@@ -100,7 +100,7 @@ def build(cfg: DictConfig, output_dir: Path) -> tuple[Any, L.Trainer, PeriodicEv
             cfg.encoder,
             num_items=probe_env.num_items,
             history_length=probe_env.history_length,
-            item_features=getattr(probe_env, "item_features", None),
+            item_features=probe_env.item_features,
         )
         module = instantiate(cfg.algo, encoder=encoder, env_factory=env_factory, seed=cfg.seed)
         evaluation = PeriodicEvaluation(
@@ -138,7 +138,7 @@ def final_evaluation(module: Any, cfg: DictConfig) -> dict[str, Any]:
         "random": run(lambda env: RandomRecommender(seed=seed)),
         "popular": run(lambda env: MostPopularRecommender(module.item_clicks)),
     }
-    if hasattr(module.make_env(1, seed=seed), "expected_immediate_reward"):
+    if module.make_env(1, seed=seed).has_expected_reward:  # only simulators with hidden state
         baselines["oracle_myopic"] = run(MyopicOracle)
     return {"agent": agent, "baselines": baselines}
 

@@ -74,7 +74,8 @@ def test_dqn_learns_to_beat_random() -> None:
     L.seed_everything(0, verbose=False)
     module = make_module(
         num_envs=32, frames_per_batch=64, updates_per_batch=2, batch_size=64,
-        learning_starts=500, eps_annealing_frames=8_000, lr=2e-3, gamma=0.5,
+        learning_starts=500, eps_annealing_frames=8_000, eps_end=0.05, lr=2e-3, gamma=0.5,
+        n_steps=1, reward_scale=1.0, click_loss_weight=1.0,
     )
     trainer = L.Trainer(max_steps=300, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
@@ -93,7 +94,7 @@ def test_dqn_learns_to_beat_random() -> None:
 def test_training_options_run_a_real_update(options: dict) -> None:
     """Prioritised replay (TorchRL's C++ segment tree), hard target updates and n-step targets."""
     module = make_module(num_envs=4, frames_per_batch=16, batch_size=8, learning_starts=0,
-                         click_loss_weight=1.0, **options)
+                         click_loss_weight=1.0, **{"n_steps": 1, **options})
     collector = module._make_collector()
     rollout = next(iter(collector))
     batches = list(module.rollout_to_batches(rollout))

@@ -142,3 +142,16 @@ def test_rejects_invalid_shapes(kwargs: dict, name: str) -> None:
     args = {"num_items": N_ITEMS, "history_length": L, **kwargs}
     with pytest.raises(ValueError, match=name):
         HistoryEncoder(**args)
+
+
+def test_items_described_by_features_alone() -> None:
+    features = torch.zeros(N_ITEMS + 1, 4)
+    features[1:, :] = torch.nn.functional.one_hot(torch.arange(N_ITEMS) % 4, 4).float()
+    encoder = HistoryEncoder(N_ITEMS, L, hidden_size=32, num_layers=1, num_heads=2,
+                             intermediate_size=64, item_features=features, item_ids=False)
+    scorer = HistoryScorer(encoder)
+    scores = scorer(*make_inputs(3))
+    torch.testing.assert_close(scores[:, 1], scores[:, 5])  # items 1 and 5 share feature 0
+    assert not torch.allclose(scores[:, 1], scores[:, 2])
+    with pytest.raises(ValueError, match="item_ids"):
+        HistoryEncoder(N_ITEMS, L, item_ids=False)

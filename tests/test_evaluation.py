@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDict
 
 from recrl.baselines import MostPopularRecommender, MyopicOracle, RandomRecommender
-from recrl.envs import InterestEvolutionEnv
+from recrl.envs import InterestEvolutionEnv, RecEnv, UserResponse, UserResponseModel
 from recrl.evaluation import evaluate_policy, mean_ci95
 
 
@@ -84,3 +84,21 @@ def test_oracle_beats_random_and_same_users_give_same_numbers() -> None:
     assert random_a == random_b
     assert oracle["return_mean"] - oracle["return_ci95"] > random_a["return_mean"] + random_a["return_ci95"]
     assert oracle["ctr"] > 0.4 > random_a["ctr"]  # the oracle's clicks come from knowing x
+
+
+def test_no_oracle_for_users_without_exposed_state() -> None:
+    """A user model that keeps its state to itself gets no myopic oracle, with a clear error."""
+
+    class OpaqueUsers(UserResponseModel):
+        def reset(self, mask: torch.Tensor, generator: torch.Generator) -> None:
+            pass
+
+        def respond(self, action: torch.Tensor, generator: torch.Generator) -> UserResponse:
+            no = torch.zeros_like(action, dtype=torch.bool)
+            return UserResponse(click=no, watch_time=torch.zeros(action.shape), done=no)
+
+    env = RecEnv(OpaqueUsers(4, 30), history_length=5)
+    assert not env.has_expected_reward
+    assert InterestEvolutionEnv(4).has_expected_reward
+    with pytest.raises(TypeError, match="no myopic oracle"):
+        MyopicOracle(env)

@@ -37,8 +37,8 @@ class HistoryEncoder(nn.Module):
             or None. An item's vector is then its id embedding plus a learnt projection of its
             features, so what is learnt about one item carries over to items like it.
         item_ids: learn an embedding per item id. False (only with ``item_features``) describes
-            items by their features alone: far fewer parameters to learn from rewards, right when
-            items that share features behave alike (the synthetic simulator's topics).
+            items by their features alone: far fewer parameters, but items that share features
+            become indistinguishable (on the synthetic simulator DQN did worse this way).
     """
 
     def __init__(

@@ -142,6 +142,11 @@ class RecEnv(EnvBase):
         self.set_seed(seed)
 
     @property
+    def has_expected_reward(self) -> bool:
+        """Whether `expected_immediate_reward` works: the user model exposes its hidden state."""
+        return type(self.users).expected_watch_time is not UserResponseModel.expected_watch_time
+
+    @property
     def item_features(self) -> Tensor | None:
         """Public catalogue metadata, [N+1, F] float32, or None (see `UserResponseModel`)."""
         return self.users.item_features()
