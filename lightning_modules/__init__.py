@@ -2,5 +2,6 @@
 
 from lightning_modules.base import RecommenderModule
 from lightning_modules.dqn import DQNModule
+from lightning_modules.ppo import PPOModule
 
-__all__ = ["DQNModule", "RecommenderModule"]
+__all__ = ["DQNModule", "PPOModule", "RecommenderModule"]

@@ -25,6 +25,9 @@ from recrl.encoders import HistoryEncoder
 #: ``env_factory(num_users=..., seed=...)`` builds a batched recommendation environment.
 EnvFactory = Callable[..., EnvBase]
 
+#: Observation keys the encoder reads (written by every recrl environment).
+HISTORY_KEYS = ["history", "history_response", "history_watch_time"]
+
 
 class RecommenderModule(L.LightningModule):
     """Base of the algorithm modules: environment, collection and bookkeeping.
@@ -34,6 +37,8 @@ class RecommenderModule(L.LightningModule):
         env_factory: builds the training environment for ``num_envs`` users.
         num_envs: users simulated in parallel by the collector (one batched env).
         frames_per_batch: frames per collected rollout (``num_envs`` x rollout steps).
+        max_grad_norm: the gradient norm is clipped to this before each optimiser step (each
+            algorithm has its own usual value, so it lives in ``conf/algo/``, not the trainer).
         seed: seed of the training users; DDP rank r uses ``seed + r``.
     """
 
@@ -44,9 +49,12 @@ class RecommenderModule(L.LightningModule):
         *,
         num_envs: int,
         frames_per_batch: int,
+        max_grad_norm: float = 10.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if not max_grad_norm > 0:
+            raise ValueError(f"algo.max_grad_norm must be > 0, got {max_grad_norm}")
         if frames_per_batch % num_envs:
             raise ValueError(
                 f"algo.frames_per_batch ({frames_per_batch}) must be a multiple of "
@@ -56,6 +64,7 @@ class RecommenderModule(L.LightningModule):
         self.env_factory = env_factory
         self.num_envs = num_envs
         self.frames_per_batch = frames_per_batch
+        self.max_grad_norm = max_grad_norm
         self.seed = seed
         num_items = encoder.num_items
         # Checkpointed with the model: the popularity baseline and the frame count survive resume.
@@ -110,6 +119,13 @@ class RecommenderModule(L.LightningModule):
             self.frames_per_s = rollout.numel() / (now - self._last_rollout_time)
         self._last_rollout_time = now
         yield from self.rollout_to_batches(rollout)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clips to ``max_grad_norm`` and logs the norm before clipping (a divergence shows here first)."""
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
+        self.log("train/grad_norm", norm)
 
     def log_progress(self) -> None:
         """Logs frames collected and collection speed; call from ``training_step``."""

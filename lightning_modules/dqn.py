@@ -27,11 +27,8 @@ from torchrl.data.replay_buffers import PrioritizedSampler, RandomSampler
 from torchrl.modules import EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
 
-from lightning_modules.base import EnvFactory, RecommenderModule
+from lightning_modules.base import HISTORY_KEYS, EnvFactory, RecommenderModule
 from recrl.encoders import HistoryEncoder, HistoryScorer, ItemScorer
-
-#: Observation keys the Q-network reads (written by every recrl environment).
-HISTORY_KEYS = ["history", "history_response", "history_watch_time"]
 
 
 class DQNModule(RecommenderModule):
@@ -62,6 +59,7 @@ class DQNModule(RecommenderModule):
         loss_function: str = "smooth_l1",
         lr: float = 3e-4,
         weight_decay: float = 0.0,
+        max_grad_norm: float = 10.0,
         target_update: str = "soft",
         target_tau: float = 0.005,
         target_hard_period: int = 1_000,
@@ -71,7 +69,8 @@ class DQNModule(RecommenderModule):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            encoder, env_factory, num_envs=num_envs, frames_per_batch=frames_per_batch, seed=seed
+            encoder, env_factory, num_envs=num_envs, frames_per_batch=frames_per_batch,
+            max_grad_norm=max_grad_norm, seed=seed,
         )
         self.save_hyperparameters(ignore=["encoder", "env_factory"])
         if target_update not in ("soft", "hard"):

@@ -1,0 +1,192 @@
+"""Proximal policy optimisation: a categorical policy over the whole catalogue and a value head.
+
+The algorithm, as ``rollout_to_batches`` and ``training_step`` read it:
+
+    collect a rollout [num_envs, steps] with the current policy       (Collector)
+    advantages A and value targets with GAE(gamma, lambda)           (GAE, current value head)
+    repeat ppo_epochs times (advantages recomputed per epoch if asked):
+        for each shuffled minibatch:
+            loss = clipped surrogate(A) + c_v * value loss - c_e * entropy   (ClipPPOLoss)
+            optimiser step (gradient norm clipped, learning rate optionally annealed)
+    discard the rollout
+
+Policy and value share one BERT encoder: ``pi(a|s) = softmax(<W s, e_a> + b_a)`` over the
+items the environment's ``action_mask`` allows (``MaskedCategorical``: a masked item has
+probability exactly 0), and ``V(s) = v . s``. On a minibatch the encoder runs once; the loss's
+actor and critic are the two heads reading the state it wrote (TorchRL's own
+``ActorValueOperator`` would run the encoder once per head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.modules import MaskedCategorical, ProbabilisticActor, ValueOperator
+from torchrl.objectives import ClipPPOLoss
+from torchrl.objectives.value import GAE
+
+from lightning_modules.base import HISTORY_KEYS, EnvFactory, RecommenderModule
+from recrl.encoders import HistoryEncoder, ItemScorer
+
+#: When advantages are computed from the current value head.
+ADVANTAGE_SCHEDULES = ("batch", "epoch")
+
+
+class PPOModule(RecommenderModule):
+    """PPO with a shared BERT history encoder, on-policy through the TorchRL collector.
+
+    See ``conf/algo/ppo.yaml`` for what each argument does; the defaults here are the same.
+    """
+
+    def __init__(
+        self,
+        encoder: HistoryEncoder,
+        env_factory: EnvFactory,
+        *,
+        num_envs: int = 32,
+        frames_per_batch: int = 2048,
+        ppo_epochs: int = 4,
+        minibatch_size: int = 256,
+        gamma: float = 0.995,
+        gae_lambda: float = 0.95,
+        advantages: str = "batch",
+        normalize_advantage: bool = True,
+        clip_epsilon: float = 0.2,
+        entropy_coeff: float = 0.01,
+        critic_coeff: float = 0.5,
+        loss_critic_type: str = "smooth_l1",
+        reward_scale: float = 0.1,
+        lr: float = 3e-4,
+        anneal_lr: bool = True,
+        weight_decay: float = 0.0,
+        max_grad_norm: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            encoder, env_factory, num_envs=num_envs, frames_per_batch=frames_per_batch,
+            max_grad_norm=max_grad_norm, seed=seed,
+        )
+        self.save_hyperparameters(ignore=["encoder", "env_factory"])
+        if advantages not in ADVANTAGE_SCHEDULES:
+            raise ValueError(
+                f"algo.advantages must be one of {ADVANTAGE_SCHEDULES}, got {advantages!r}"
+            )
+        if ppo_epochs < 1:
+            raise ValueError(f"algo.ppo_epochs must be >= 1, got {ppo_epochs}")
+        if not 1 <= minibatch_size <= frames_per_batch:
+            raise ValueError(
+                f"algo.minibatch_size={minibatch_size} must be between 1 and "
+                f"algo.frames_per_batch={frames_per_batch}"
+            )
+        action_spec = self.make_env(1, seed=seed).action_spec_unbatched
+        self.state_encoder = TensorDictModule(encoder, in_keys=HISTORY_KEYS, out_keys=["state"])
+        self.policy_head = ProbabilisticActor(
+            TensorDictModule(ItemScorer(encoder), in_keys=["state"], out_keys=["logits"]),
+            in_keys={"logits": "logits", "mask": "action_mask"},
+            distribution_class=MaskedCategorical,
+            spec=action_spec,
+            return_log_prob=True,
+        )
+        self.value_head = ValueOperator(nn.Linear(encoder.hidden_size, 1), in_keys=["state"])
+        #: history -> sampled item (collection) or most likely item (evaluation).
+        self.policy = TensorDictSequential(self.state_encoder, self.policy_head)
+        #: history -> V(s), for the advantages.
+        self.value_network = TensorDictSequential(self.state_encoder, self.value_head)
+        # TorchRL's GAE on values this module writes itself: V(s_t) from the states the collector
+        # already encoded, V(s_t+1) from the same tensor shifted by one step (see
+        # ``write_values``): one encoder pass per rollout instead of two.
+        self.advantage_module = GAE(gamma=gamma, lmbda=gae_lambda, value_network=None)
+        self.loss_module = ClipPPOLoss(
+            self.policy_head,
+            self.value_head,
+            clip_epsilon=clip_epsilon,
+            entropy_coeff=entropy_coeff,
+            critic_coeff=critic_coeff,
+            loss_critic_type=loss_critic_type,
+            normalize_advantage=normalize_advantage,
+        )
+
+    @property
+    def greedy_policy(self) -> TensorDictSequential:
+        return self.policy
+
+    @property
+    def collection_policy(self) -> TensorDictSequential:
+        return self.policy
+
+    @torch.no_grad()
+    def write_values(self, rollout: TensorDictBase, fresh_states: bool) -> None:
+        """Writes ``state_value`` = V(s_t) and ``("next", "state_value")`` = V(s_t+1) in place.
+
+        ``rollout`` is ``[num_envs, steps]``. The next observation of a step is the following
+        step's observation, except after the last step and where an episode ended (the user was
+        reset): only those next observations are encoded here. With ``fresh_states=False`` the
+        states the collector computed are reused; they come from the current weights as long as
+        no update happened since the rollout was collected.
+        """
+        if fresh_states:
+            state = self.encoder(*(rollout[key] for key in HISTORY_KEYS))
+        else:
+            state = rollout["state"]
+        value = self.value_head.module(state)  # [E, T, 1]
+        next_value = value.roll(-1, dims=1)
+        boundary = rollout["next", "done"].squeeze(-1).clone()
+        boundary[:, -1] = True
+        next_obs = rollout["next"][boundary]
+        next_value[boundary] = self.value_head.module(
+            self.encoder(*(next_obs[key] for key in HISTORY_KEYS))
+        )
+        rollout["state_value"] = value
+        rollout["next", "state_value"] = next_value
+
+    @torch.no_grad()
+    def compute_advantages(self, rollout: TensorDictBase, fresh_states: bool) -> TensorDictBase:
+        """``advantage`` and ``value_target`` by GAE along the time dimension (in place)."""
+        self.write_values(rollout, fresh_states)
+        return self.advantage_module(rollout)
+
+    def rollout_to_batches(self, rollout: TensorDictBase) -> Iterator[TensorDictBase]:
+        # The collector's logits ([N+1] floats a frame) are recomputed with gradients in the loss.
+        rollout = rollout.exclude("logits")
+        # Learn values in scaled units (returns are in the hundreds); advantages are normalised.
+        rollout["next", "reward"] = rollout["next", "reward"] * self.hparams.reward_scale
+        num_frames = rollout.numel()
+        minibatch_size = self.hparams.minibatch_size
+        for epoch in range(self.hparams.ppo_epochs):
+            if epoch == 0 or self.hparams.advantages == "epoch":
+                # GAE runs along time on [num_envs, steps]; frames are shuffled afterwards.
+                self.compute_advantages(rollout, fresh_states=epoch > 0)
+                frames = rollout.exclude("state", ("next", "state")).reshape(-1)
+            order = torch.randperm(num_frames)
+            for start in range(0, num_frames - minibatch_size + 1, minibatch_size):
+                yield frames[order[start : start + minibatch_size]]
+
+    def training_step(self, batch: TensorDictBase, batch_idx: int) -> torch.Tensor:
+        batch = self.state_encoder(batch)  # once, with gradients; both heads read it
+        out = self.loss_module(batch)
+        loss = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
+        for key in ("loss_objective", "loss_critic", "loss_entropy", "entropy", "kl_approx",
+                    "clip_fraction", "explained_variance"):
+            if key in out.keys():
+                self.log(f"train/{key}", out[key].detach().float().mean())
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        self.log_progress()
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        if not self.hparams.anneal_lr:
+            return optimizer
+        total_steps = max(1, self.trainer.max_steps)
+        # Linear decay to 0 over the run (Schulman et al. 2017; CleanRL's default).
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: max(0.0, 1.0 - step / total_steps)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
