@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from tensordict import TensorDictBase
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,3 +33,12 @@ def run_recrl(run_dir: Path, *overrides: str, timeout: float = 600) -> subproces
         text=True,
         timeout=timeout,
     )
+
+
+def masked_observation(module, num_users: int) -> TensorDictBase:
+    """A reset observation of ``module``'s environment whose mask allows only items 7 and 9."""
+    td = module.make_env(num_users, seed=0).reset()
+    mask = torch.zeros_like(td["action_mask"])
+    mask[:, [7, 9]] = True
+    td["action_mask"] = mask
+    return td

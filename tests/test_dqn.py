@@ -7,7 +7,6 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from lightning_modules.dqn import DQNModule
@@ -15,6 +14,7 @@ from recrl.baselines import RandomRecommender
 from recrl.encoders import HistoryEncoder
 from recrl.envs import InterestEvolutionEnv
 from recrl.evaluation import evaluate_policy
+from tests.conftest import masked_observation
 
 
 def make_module(num_items: int = 60, history_length: int = 5, **kwargs) -> DQNModule:
@@ -24,15 +24,6 @@ def make_module(num_items: int = 60, history_length: int = 5, **kwargs) -> DQNMo
                              intermediate_size=64,
                              item_features=env_factory(num_users=1).item_features)
     return DQNModule(encoder, env_factory, **kwargs)
-
-
-def masked_observation(module: DQNModule, num_users: int) -> TensorDict:
-    """A reset observation whose mask allows only items 7 and 9, for every user."""
-    td = module.make_env(num_users, seed=0).reset()
-    mask = torch.zeros_like(td["action_mask"])
-    mask[:, [7, 9]] = True
-    td["action_mask"] = mask
-    return td
 
 
 def test_greedy_policy_never_picks_a_masked_item() -> None:

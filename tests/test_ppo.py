@@ -15,6 +15,7 @@ from recrl.baselines import RandomRecommender
 from recrl.encoders import HistoryEncoder
 from recrl.envs import InterestEvolutionEnv
 from recrl.evaluation import evaluate_policy
+from tests.conftest import masked_observation
 
 
 def make_module(num_items: int = 60, history_length: int = 5, env_kwargs: dict | None = None,
@@ -33,15 +34,6 @@ def fit(module: PPOModule, max_steps: int) -> None:
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False)
     trainer.fit(module)
-
-
-def masked_observation(module: PPOModule, num_users: int) -> TensorDict:
-    """A reset observation whose mask allows only items 7 and 9, for every user."""
-    td = module.make_env(num_users, seed=0).reset()
-    mask = torch.zeros_like(td["action_mask"])
-    mask[:, [7, 9]] = True
-    td["action_mask"] = mask
-    return td
 
 
 def test_a_masked_item_never_gets_probability_mass() -> None:
