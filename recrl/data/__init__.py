@@ -1,0 +1,7 @@
+"""Real interaction logs: readers for common formats, preprocessing, splits and downloads."""
+
+from recrl.data.formats import DataFormatError, RawLog, read_log
+from recrl.data.preprocess import PreprocessConfig, Sequences, load_sequences, preprocess
+
+__all__ = ["DataFormatError", "PreprocessConfig", "RawLog", "Sequences", "load_sequences",
+           "preprocess", "read_log"]

@@ -1,0 +1,199 @@
+"""From a raw log to per-user chronological item sequences, re-indexed and split.
+
+Steps, each a field of ``PreprocessConfig``:
+
+1. implicit feedback: keep interactions with ``rating >= min_rating`` (formats without ratings
+   keep everything);
+2. k-core: repeatedly drop users with fewer than ``min_user_interactions`` and items with fewer
+   than ``min_item_interactions`` until both hold (the usual 5-core of BERT4Rec/SASRec);
+3. chronological order within each user (ties keep file order);
+4. re-indexing: items become ``1..N`` (0 stays padding), users ``0..U-1``, both in order of first
+   appearance in the sorted log, so the mapping is deterministic;
+5. splits: leave-one-out (each user's last item is test, the one before validation, the rest
+   training) and a user-level split (a seeded share of users held out entirely, for simulators
+   that must be evaluated on unseen users).
+
+Everything is vectorised pandas/torch; sequences are stored as CSR (``items`` flat in user-major
+chronological order plus ``offsets``), which holds Amazon Beauty's 54k items and 40k users in a
+few MB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from recrl.data.formats import RawLog
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a raw log becomes sequences; the cache key includes every field."""
+
+    min_rating: float | None = None
+    min_user_interactions: int = 5
+    min_item_interactions: int = 5
+    holdout_user_fraction: float = 0.1
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_user_interactions < 3:
+            raise ValueError(
+                "data.min_user_interactions must be >= 3: leave-one-out needs a training item, a "
+                f"validation item and a test item per user (got {self.min_user_interactions})"
+            )
+        if self.min_item_interactions < 1:
+            raise ValueError(
+                f"data.min_item_interactions must be >= 1, got {self.min_item_interactions}"
+            )
+        if not 0.0 <= self.holdout_user_fraction < 1.0:
+            raise ValueError(
+                f"data.holdout_user_fraction must be in [0, 1), got {self.holdout_user_fraction}"
+            )
+
+
+@dataclass
+class Sequences:
+    """Per-user chronological item sequences (CSR) and their splits."""
+
+    items: Tensor  # [I] long, item ids 1..N, user-major, chronological
+    offsets: Tensor  # [U+1] long; user u's items are items[offsets[u]:offsets[u+1]]
+    num_items: int
+    item_raw_ids: Tensor  # [N+1] long, raw id of each new id (index 0: padding, -1)
+    user_raw_ids: Tensor  # [U] long
+    heldout_users: Tensor  # [U] bool, the user-level split's held-out users
+    ratings: Tensor | None = None  # [I] float32 aligned with ``items``; None if the log has none
+
+    @property
+    def num_users(self) -> int:
+        return self.offsets.numel() - 1
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    @property
+    def num_interactions(self) -> int:
+        return self.items.numel()
+
+    def user_sequence(self, user: int) -> Tensor:
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    def leave_one_out(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(train_items, train_offsets, valid_item, test_item)``: per user, the last item is the
+        test target, the one before it the validation target, the rest the training sequence."""
+        lengths = self.lengths
+        last = self.offsets[1:] - 1
+        test_item = self.items[last]
+        valid_item = self.items[last - 1]
+        train_lengths = lengths - 2
+        train_offsets = torch.cat([torch.zeros(1, dtype=torch.long), train_lengths.cumsum(0)])
+        position = torch.arange(self.items.numel()) - torch.repeat_interleave(
+            self.offsets[:-1], lengths
+        )
+        keep = position < torch.repeat_interleave(train_lengths, lengths)
+        return self.items[keep], train_offsets, valid_item, test_item
+
+    def state_dict(self) -> dict[str, Tensor | int]:
+        return {"items": self.items, "offsets": self.offsets, "num_items": self.num_items,
+                "item_raw_ids": self.item_raw_ids, "user_raw_ids": self.user_raw_ids,
+                "heldout_users": self.heldout_users, "ratings": self.ratings}
+
+
+def implicit_feedback(frame: pd.DataFrame, min_rating: float | None) -> pd.DataFrame:
+    if min_rating is None or frame["rating"].isna().all():
+        return frame
+    return frame[frame["rating"] >= min_rating]
+
+
+def k_core(frame: pd.DataFrame, min_user: int, min_item: int) -> pd.DataFrame:
+    """Drops sparse users and items until every user and item has enough interactions."""
+    while True:
+        user_counts = frame["user"].map(frame["user"].value_counts())
+        item_counts = frame["item"].map(frame["item"].value_counts())
+        keep = (user_counts >= min_user) & (item_counts >= min_item)
+        if keep.all():
+            return frame
+        frame = frame[keep]
+
+
+def preprocess(log: RawLog, config: PreprocessConfig) -> Sequences:
+    """Runs steps 1-5 of the module docstring on ``log``."""
+    frame = log.interactions.reset_index(drop=True)
+    frame = frame.assign(order=range(len(frame)))
+    frame = implicit_feedback(frame, config.min_rating)
+    frame = k_core(frame, config.min_user_interactions, config.min_item_interactions)
+    if frame.empty:
+        raise ValueError(
+            f"{log.name}: no interactions left after filtering (min_rating={config.min_rating}, "
+            f"{config.min_user_interactions}-core users, {config.min_item_interactions}-core "
+            "items); lower the thresholds"
+        )
+    frame = frame.sort_values(["user", "timestamp", "order"], kind="stable")
+    user_codes, user_raw = pd.factorize(frame["user"])
+    item_codes, item_raw = pd.factorize(frame["item"])
+    lengths = torch.bincount(torch.as_tensor(user_codes), minlength=len(user_raw))
+    generator = torch.Generator().manual_seed(config.split_seed)
+    num_heldout = int(round(config.holdout_user_fraction * len(user_raw)))
+    heldout = torch.zeros(len(user_raw), dtype=torch.bool)
+    heldout[torch.randperm(len(user_raw), generator=generator)[:num_heldout]] = True
+    return Sequences(
+        items=torch.as_tensor(item_codes, dtype=torch.long) + 1,
+        offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+        num_items=len(item_raw),
+        item_raw_ids=torch.cat([torch.tensor([-1]), torch.tensor(item_raw.to_numpy(),
+                                                                  dtype=torch.long)]),
+        user_raw_ids=torch.tensor(user_raw.to_numpy(), dtype=torch.long),
+        heldout_users=heldout,
+        ratings=None if frame["rating"].isna().any()
+        else torch.tensor(frame["rating"].to_numpy(), dtype=torch.float32),
+    )
+
+
+def source_fingerprint(path: Path) -> dict[str, int | str]:
+    """Identifies the data on disk cheaply: every file's name, size and modification time."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {str(p.relative_to(path) if path.is_dir() else p.name):
+            f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files}
+
+
+def cache_key(path: Path, format: str, config: PreprocessConfig, columns: dict) -> str:
+    payload = {"source": source_fingerprint(path), "format": format, "config": asdict(config),
+               "columns": columns, "version": 2}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_sequences(path: Path | str, format: str, config: PreprocessConfig,
+                   cache_dir: Path | str | None = None, **columns: str | None) -> Sequences:
+    """Reads and preprocesses a log, through an on-disk cache keyed by data and config.
+
+    The cache file is written atomically and read with ``torch.load(weights_only=True)``.
+    """
+    from recrl.data.formats import read_log
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"data.path={str(path)!r} does not exist; download it first "
+            "(python -m recrl.data download ml-100k) or point data.path at it"
+        )
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"{path.name}-{cache_key(path, format, config, columns)}.pt"
+        if cache_file.is_file():
+            state = torch.load(cache_file, weights_only=True)
+            return Sequences(**state)
+    sequences = preprocess(read_log(format, path, **columns), config)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        torch.save(sequences.state_dict(), tmp)
+        os.replace(tmp, cache_file)
+    return sequences
