@@ -89,8 +89,10 @@ class RecommenderModule(L.LightningModule):
         raise NotImplementedError
 
     # -- shared plumbing ---------------------------------------------------------------------
-    def make_env(self, num_users: int, seed: int) -> EnvBase:
-        return self.env_factory(num_users=num_users, seed=seed)
+    def make_env(self, num_users: int, seed: int, split: str = "train") -> EnvBase:
+        """``split``: "train" users for training, "heldout" users for evaluation (simulators
+        of logged data keep them apart; synthetic users are fresh draws either way)."""
+        return self.env_factory(num_users=num_users, seed=seed, user_split=split)
 
     def _make_collector(self) -> Collector:
         # The rank is read here, in the training process, not in a DataLoader worker.

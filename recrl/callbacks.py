@@ -30,7 +30,7 @@ class PeriodicEvaluation(L.Callback):
         self.curve: list[dict[str, float]] = []
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
-        env = pl_module.make_env(self.num_users, seed=self.seed)
+        env = pl_module.make_env(self.num_users, seed=self.seed, split="heldout")
         metrics = evaluate_policy(env, pl_module.greedy_policy, max_steps=self.max_steps)
         point = {"step": trainer.global_step, "frames": int(pl_module.frames), **metrics}
         self.curve.append(point)

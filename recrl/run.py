@@ -119,7 +119,7 @@ def build(cfg: DictConfig, output_dir: Path) -> tuple[Any, L.Trainer, PeriodicEv
         trainer = instantiate(
             cfg.trainer, callbacks=[StepProgressBar(), evaluation, checkpoint], logger=loggers
         )
-    except (ValueError, TypeError, InstantiationException) as err:
+    except (ValueError, TypeError, FileNotFoundError, InstantiationException) as err:
         raise ConfigurationError(str(err).strip()) from err
     return module, trainer, evaluation
 
@@ -129,7 +129,7 @@ def final_evaluation(module: Any, cfg: DictConfig) -> dict[str, Any]:
     num_users, seed = cfg.evaluation.final_num_users, cfg.evaluation.seed
 
     def run(policy_for_env) -> dict[str, float]:
-        env = module.make_env(num_users, seed=seed)
+        env = module.make_env(num_users, seed=seed, split="heldout")
         return evaluate_policy(env, policy_for_env(env), max_steps=cfg.evaluation.max_steps)
 
     module.eval()
@@ -138,7 +138,7 @@ def final_evaluation(module: Any, cfg: DictConfig) -> dict[str, Any]:
         "random": run(lambda env: RandomRecommender(seed=seed)),
         "popular": run(lambda env: MostPopularRecommender(module.item_clicks)),
     }
-    if module.make_env(1, seed=seed).has_expected_reward:  # only simulators with hidden state
+    if module.make_env(1, seed=seed, split="heldout").has_expected_reward:  # only simulators with hidden state
         baselines["oracle_myopic"] = run(MyopicOracle)
     return {"agent": agent, "baselines": baselines}
 

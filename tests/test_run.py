@@ -90,6 +90,7 @@ def test_same_seed_same_metrics(smoke_run: Path, algo: str, tmp_path: Path) -> N
         (["trainer.max_steps=0"], "trainer.max_steps"),
         (["algo=ppo", "algo.minibatch_size=100000"], "algo.minibatch_size"),
         (["algo=ppo", "algo.advantages=never"], "algo.advantages"),
+        (["env=ml100k", "env.path=/nonexistent/ml-100k"], "python -m recrl.data download"),
     ],
 )
 def test_bad_input_ends_with_one_clear_error(

@@ -58,6 +58,14 @@ class UserResponseModel(abc.ABC):
     def respond(self, action: Tensor, generator: torch.Generator) -> UserResponse:
         """Show item ``action`` ([B] int64 in 1..N) to each user and update their state."""
 
+    def start_history(self, mask: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """The history a reset user starts with, or None for an empty one.
+
+        Returns ``(items, responses, watch_times)``, each [B, L] (rows outside ``mask`` are
+        ignored), e.g. the first items of a real user's logged history.
+        """
+        return None
+
     def item_features(self) -> Tensor | None:
         """Catalogue metadata an agent may see, [N+1, F] float32 (zeros at padding), or None.
 
@@ -193,6 +201,17 @@ class RecEnv(EnvBase):
         self._history_watch_time = self._history_watch_time.where(keep, 0.0)
         self._click = self._click & ~reset
         self._step_count = self._step_count.where(~reset, 0)
+        start = self.users.start_history(reset)
+        if start is not None:
+            items, responses, watch_times = (t[:, -self.history_length :] for t in start)
+            self._history = items.where(reset[:, None], self._history)
+            self._history_response = responses.where(reset[:, None], self._history_response)
+            self._history_watch_time = watch_times.where(reset[:, None], self._history_watch_time)
+            if self.mask_history:
+                mask = self._action_mask.clone()
+                mask.scatter_(1, self._history.where(reset[:, None], 0), False)
+                mask[:, 0] = False
+                self._action_mask = mask.where(reset[:, None], self._action_mask)
 
         # Users not reset are not done either: TorchRL only resets done users and merges
         # this output into the previous one under the `_reset` mask.

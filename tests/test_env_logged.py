@@ -1,0 +1,109 @@
+"""The logged-data simulator: real start histories, taste-model rewards, boredom, splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchrl.envs.utils import check_env_specs
+
+from recrl.envs import LoggedEnv
+from recrl.envs.base import CLICKED, PADDING
+from tests.test_data import ML100K, needs_ml100k
+
+NUM_USERS, NUM_ITEMS, PER_USER = 40, 30, 12
+
+
+@pytest.fixture(scope="module")
+def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small rated log: user u rates items (u + 3k) % 30 + 1 in time order."""
+    path = tmp_path_factory.mktemp("log") / "log.csv"
+    rows = ["user,item,timestamp,rating"]
+    for u in range(NUM_USERS):
+        for k in range(PER_USER):
+            rows.append(f"{u},{(u + 3 * k) % NUM_ITEMS + 1},{k},{1 + (u + k) % 5}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def make_env(log_file: Path, num_users: int = 8, **kwargs) -> LoggedEnv:
+    options = {"format": "table", "columns": {"rating": "rating"}, "fit_epochs": 50,
+               "history_length": 4, "seed": 0, "min_item_interactions": 1}
+    return LoggedEnv(num_users, path=str(log_file), **{**options, **kwargs})
+
+
+def test_specs(log_file: Path) -> None:
+    check_env_specs(make_env(log_file))
+
+
+def test_a_new_user_starts_from_their_first_logged_items(log_file: Path) -> None:
+    env = make_env(log_file, num_users=16)
+    td = env.reset()
+    sequences = env.sequences
+    for row in range(16):
+        user = env.users.user[row].item()
+        first = sequences.user_sequence(user)[:4]
+        assert td["history"][row].tolist() == first.tolist()
+        assert td["history_response"][row].tolist() == [CLICKED] * 4
+        logged = sequences.ratings[sequences.offsets[user] : sequences.offsets[user] + 4]
+        assert td["history_watch_time"][row].tolist() == logged.tolist()
+        assert not td["action_mask"][row, first].any()  # already-seen items are masked
+
+
+def test_the_reward_is_the_taste_models_rating(log_file: Path) -> None:
+    env = make_env(log_file, num_users=8, boredom_window=0)
+    td = env.reset()
+    action = torch.stack([td["action_mask"][b].nonzero()[0, 0] for b in range(8)])
+    out = env.step(td.set("action", action))
+    taste, users = env.users.taste, env.users.user
+    by_hand = ((taste.user_vectors[users] * taste.item_vectors[action]).sum(-1)
+               + taste.user_bias[users] + taste.item_bias[action] + taste.global_bias)
+    torch.testing.assert_close(out["next", "reward"].squeeze(-1), by_hand.clamp(0, 5))
+    torch.testing.assert_close(out["next", "click"], by_hand.clamp(0, 5) >= 4.0)
+
+
+def test_a_user_leaves_when_a_recommendation_is_too_close_to_a_recent_one(log_file: Path) -> None:
+    env = make_env(log_file, num_users=2, history_length=2, boredom_window=3, mask_history=False)
+    vectors = env.users.taste.item_vectors
+    vectors[:] = torch.arange(vectors.shape[0], dtype=torch.float32)[:, None] * 100.0  # far apart
+    vectors[6] = vectors[5] + 1e-3  # items 5 and 6: practically the same
+    env.users.boredom_distance = 1.0
+    td = env.reset()
+    td = env.step(td.set("action", torch.tensor([5, 5])))["next"]
+    assert not td["done"].any()
+    td = env.step(td.set("action", torch.tensor([6, 9])))["next"]
+    assert td["terminated"].squeeze(-1).tolist() == [True, False]  # user 0 saw 5 just before 6
+
+
+def test_episodes_are_capped(log_file: Path) -> None:
+    env = make_env(log_file, num_users=4, boredom_window=0, max_episode_steps=7, mask_history=False)
+    rollout = env.rollout(7, break_when_any_done=False)
+    assert rollout["next", "truncated"][:, -1].all() and not rollout["next", "done"][:, :-1].any()
+
+
+def test_training_and_heldout_users_never_mix(log_file: Path) -> None:
+    train = make_env(log_file, num_users=256, holdout_user_fraction=0.25)
+    heldout = make_env(log_file, num_users=256, holdout_user_fraction=0.25, user_split="heldout")
+    train.reset()
+    heldout.reset()
+    held = set(torch.nonzero(train.sequences.heldout_users).squeeze(1).tolist())
+    assert len(held) == NUM_USERS // 4
+    assert set(heldout.users.user.tolist()) == held  # 256 draws cover all 10
+    assert not set(train.users.user.tolist()) & held
+
+
+def test_a_missing_log_says_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="python -m recrl.data download"):
+        LoggedEnv(2, path=str(tmp_path / "nope"), format="ml-100k")
+
+
+@needs_ml100k
+def test_movielens_100k_world(tmp_path: Path) -> None:
+    env = LoggedEnv(64, path=str(ML100K), format="ml-100k", seed=0, fit_epochs=100,
+                    cache_dir=str(tmp_path))
+    check_env_specs(env)
+    sequences = env.sequences
+    assert sequences.num_users == 943  # every ML-100K user has >= 20 ratings: none dropped
+    assert env.num_items == sequences.num_items and PADDING == 0
+    assert len(list(tmp_path.glob("ml-100k-taste-*.pt"))) == 1  # the fit is cached
