@@ -107,3 +107,20 @@ def test_movielens_100k_world(tmp_path: Path) -> None:
     assert sequences.num_users == 943  # every ML-100K user has >= 20 ratings: none dropped
     assert env.num_items == sequences.num_items and PADDING == 0
     assert len(list(tmp_path.glob("ml-100k-taste-*.pt"))) == 1  # the fit is cached
+
+
+def test_logs_without_ratings_get_a_logistic_taste_model_fitted_in_minibatches(
+    log_file: Path,
+) -> None:
+    """Implicit feedback: observed pairs must come out well above unobserved ones (0-5 scale)."""
+    env = make_env(log_file, columns={}, fit_epochs=20, fit_batch_size=64)
+    sequences, taste = env.sequences, env.users.taste
+    assert sequences.ratings is None and taste.logistic
+    users = torch.repeat_interleave(torch.arange(sequences.num_users), sequences.lengths)
+    observed = taste.ratings(users, sequences.items)
+    seen = torch.zeros(sequences.num_users, sequences.num_items + 1, dtype=torch.bool)
+    seen[users, sequences.items] = True
+    all_ratings = taste.ratings(torch.arange(sequences.num_users))  # [U, N+1]
+    unobserved = all_ratings[:, 1:][~seen[:, 1:]]
+    assert observed.min() >= 0 and all_ratings.max() <= 5
+    assert observed.mean() > unobserved.mean() + 1.5

@@ -46,6 +46,7 @@ class FitConfig:
     lr: float = 0.02
     weight_decay: float = 1e-4
     negatives: int = 4  # logistic MF only: unobserved pairs per observed one
+    batch_size: int | None = None  # pairs per Adam step; None = the whole log (full batch)
     seed: int = 0
 
 
@@ -79,7 +80,8 @@ class TasteModel:
 
 
 def fit_taste_model(sequences: Sequences, ratings: Tensor | None, config: FitConfig) -> TasteModel:
-    """Full-batch Adam on the whole log: seconds for MovieLens-100K on a CPU.
+    """Adam on the whole log, full batch (seconds for MovieLens-100K on a CPU) or in
+    minibatches of ``config.batch_size`` pairs (large logs: Amazon Beauty).
 
     With ``ratings`` (one per interaction, in ``sequences.items`` order): least squares. Without:
     logistic MF, observed pairs against ``config.negatives`` uniformly drawn items each.
@@ -101,23 +103,33 @@ def fit_taste_model(sequences: Sequences, ratings: Tensor | None, config: FitCon
     optimizer = torch.optim.Adam(params.values(), lr=config.lr)
     for _ in range(config.epochs):
         if explicit:
-            batch_users, batch_items, target = users, items, ratings
-        else:
+            epoch_users, epoch_items, epoch_target = users, items, ratings
+        else:  # fresh negatives every epoch
             neg_users = users.repeat(config.negatives)
             neg_items = torch.randint(1, num_items + 1, neg_users.shape, generator=generator)
-            batch_users = torch.cat([users, neg_users])
-            batch_items = torch.cat([items, neg_items])
-            target = torch.cat([torch.ones(users.numel()), torch.zeros(neg_users.numel())])
-        score = ((params["user_vectors"][batch_users] * params["item_vectors"][batch_items]).sum(-1)
-                 + params["user_bias"][batch_users] + params["item_bias"][batch_items]
-                 + params["global_bias"])
-        loss = (F.mse_loss(score, target) if explicit
-                else F.binary_cross_entropy_with_logits(score, target))
-        loss = loss + config.weight_decay * (params["user_vectors"].pow(2).sum(-1).mean()
-                                             + params["item_vectors"].pow(2).sum(-1).mean())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+            epoch_users = torch.cat([users, neg_users])
+            epoch_items = torch.cat([items, neg_items])
+            epoch_target = torch.cat([torch.ones(users.numel()), torch.zeros(neg_users.numel())])
+        num_pairs = epoch_users.numel()
+        batch_size = config.batch_size or num_pairs
+        order = (torch.randperm(num_pairs, generator=generator) if batch_size < num_pairs
+                 else torch.arange(num_pairs))
+        for start in range(0, num_pairs, batch_size):
+            batch = order[start : start + batch_size]
+            batch_users, batch_items = epoch_users[batch], epoch_items[batch]
+            score = ((params["user_vectors"][batch_users] * params["item_vectors"][batch_items])
+                     .sum(-1) + params["user_bias"][batch_users] + params["item_bias"][batch_items]
+                     + params["global_bias"])
+            target = epoch_target[batch]
+            loss = (F.mse_loss(score, target) if explicit
+                    else F.binary_cross_entropy_with_logits(score, target))
+            loss = loss + config.weight_decay * (
+                params["user_vectors"].pow(2).sum(-1).mean()
+                + params["item_vectors"].pow(2).sum(-1).mean()
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     return TasteModel(**{k: v.detach() for k, v in params.items()}, logistic=not explicit)
 
 
@@ -281,6 +293,7 @@ class LoggedEnv(RecEnv):
         cache_dir: str | None = None,
         fit_dim: int = 32,
         fit_epochs: int = 300,
+        fit_batch_size: int | None = None,
         history_length: int = 10,
         click_rating: float = 4.0,
         boredom_window: int = 5,
@@ -295,7 +308,7 @@ class LoggedEnv(RecEnv):
             PreprocessConfig(min_rating=min_rating, min_user_interactions=min_user_interactions,
                              min_item_interactions=min_item_interactions,
                              holdout_user_fraction=holdout_user_fraction, split_seed=split_seed),
-            FitConfig(dim=fit_dim, epochs=fit_epochs),
+            FitConfig(dim=fit_dim, epochs=fit_epochs, batch_size=fit_batch_size),
             cache_dir,
             dict(columns or {}),
         )
