@@ -13,6 +13,20 @@ from tensordict import TensorDictBase
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Real data for tests: ../shared/data beside the repository, or $RECRL_TEST_DATA. It is read in
+# place, never copied into the repository; tests that need it skip, saying why, without it.
+DATA_DIR = Path(os.environ.get("RECRL_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+ML100K = DATA_DIR / "ml-100k"
+BEAUTY = DATA_DIR / "amazon-beauty" / "beauty.txt"
+needs_ml100k = pytest.mark.skipif(
+    not (ML100K / "u.data").is_file(),
+    reason=f"MovieLens-100K not found at {ML100K} (set RECRL_TEST_DATA to the data folder)",
+)
+needs_beauty = pytest.mark.skipif(
+    not BEAUTY.is_file(),
+    reason=f"Amazon Beauty not found at {BEAUTY} (set RECRL_TEST_DATA to the data folder)",
+)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _offline_environment() -> None:

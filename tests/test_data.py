@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import os
 import subprocess
 import sys
 import threading
@@ -25,19 +24,8 @@ import torch
 from recrl.data import DataFormatError, PreprocessConfig, load_sequences, preprocess, read_log
 from recrl.data.download import DownloadError, download
 from recrl.data.formats import RawLog, read_ml100k, read_sequences
-from tests.conftest import REPO_ROOT
+from tests.conftest import BEAUTY, ML100K, REPO_ROOT, needs_beauty, needs_ml100k
 
-DATA_DIR = Path(os.environ.get("RECRL_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
-ML100K = DATA_DIR / "ml-100k"
-BEAUTY = DATA_DIR / "amazon-beauty" / "beauty.txt"
-needs_ml100k = pytest.mark.skipif(
-    not (ML100K / "u.data").is_file(),
-    reason=f"MovieLens-100K not found at {ML100K} (set RECRL_TEST_DATA to the data folder)",
-)
-needs_beauty = pytest.mark.skipif(
-    not BEAUTY.is_file(),
-    reason=f"Amazon Beauty not found at {BEAUTY} (set RECRL_TEST_DATA to the data folder)",
-)
 RAW = PreprocessConfig(min_user_interactions=3, min_item_interactions=1)  # keeps all of ML-100K
 
 

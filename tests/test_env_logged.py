@@ -10,7 +10,7 @@ from torchrl.envs.utils import check_env_specs
 
 from recrl.envs import LoggedEnv
 from recrl.envs.base import CLICKED, PADDING
-from tests.test_data import ML100K, needs_ml100k
+from tests.conftest import ML100K, needs_ml100k
 
 NUM_USERS, NUM_ITEMS, PER_USER = 40, 30, 12
 

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from recrl.data.formats import RawLog
+from recrl.data.formats import RawLog, read_log
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,6 @@ def load_sequences(path: Path | str, format: str, config: PreprocessConfig,
 
     The cache file is written atomically and read with ``torch.load(weights_only=True)``.
     """
-    from recrl.data.formats import read_log
-
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(

@@ -203,7 +203,7 @@ class LoggedUsers(UserResponseModel):
         self.recent = self.recent.where(~mask[:, None], 0)
 
     def respond(self, action: Tensor, generator: torch.Generator) -> UserResponse:
-        rating = self._rating(action)
+        rating = self.taste.ratings(self.user, action)
         click = rating >= self.click_rating
         if self.boredom_window > 0:
             shown = self.taste.item_vectors[action][:, None, :]  # [B, 1, D]
@@ -214,9 +214,6 @@ class LoggedUsers(UserResponseModel):
         else:
             bored = torch.zeros_like(click)
         return UserResponse(click=click, watch_time=rating, done=bored)
-
-    def _rating(self, items: Tensor) -> Tensor:
-        return self.taste.ratings(self.user, items)
 
     def expected_watch_time(self) -> Tensor:
         return self.taste.ratings(self.user)
