@@ -29,7 +29,8 @@ def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_env(log_file: Path, num_users: int = 8, **kwargs) -> LoggedEnv:
     options = {"format": "table", "columns": {"rating": "rating"}, "fit_epochs": 50,
-               "history_length": 4, "seed": 0, "min_item_interactions": 1}
+               "history_length": 4, "seed": 0, "min_item_interactions": 1,
+               "max_episode_steps": 20}
     return LoggedEnv(num_users, path=str(log_file), **{**options, **kwargs})
 
 
@@ -74,6 +75,44 @@ def test_a_user_leaves_when_a_recommendation_is_too_close_to_a_recent_one(log_fi
     assert not td["done"].any()
     td = env.step(td.set("action", torch.tensor([6, 9])))["next"]
     assert td["terminated"].squeeze(-1).tolist() == [True, False]  # user 0 saw 5 just before 6
+
+
+def test_an_item_is_recommended_at_most_once_per_episode(log_file: Path) -> None:
+    """mask_scope=episode: items stay masked after leaving the window, until the user resets."""
+    env = make_env(log_file, num_users=3, boredom_window=0)
+    td = env.reset()
+    shown = [set(td["history"][b].tolist()) - {0} for b in range(3)]
+    for _ in range(8):  # twice the window: early recommendations have left it
+        action = torch.stack([td["action_mask"][b].nonzero()[0, 0] for b in range(3)])
+        for b in range(3):
+            shown[b].add(action[b].item())
+        td = env.step(td.set("action", action))["next"]
+        for b in range(3):
+            masked = set(torch.nonzero(~td["action_mask"][b]).squeeze(1).tolist())
+            assert masked == shown[b] | {0}
+    reset = torch.tensor([True, False, False])
+    td = env.reset(td.set("_reset", reset[:, None]))
+    start = set(td["history"][0].tolist()) - {0}
+    assert set(torch.nonzero(~td["action_mask"][0]).squeeze(1).tolist()) == start | {0}
+    assert not td["action_mask"][1, list(shown[1])].any()  # users not reset keep their mask
+
+
+def test_window_scope_masks_only_the_visible_history(log_file: Path) -> None:
+    env = make_env(log_file, num_users=2, boredom_window=0, mask_scope="window")
+    td = env.reset()
+    for _ in range(8):
+        action = torch.stack([td["action_mask"][b].nonzero()[0, 0] for b in range(2)])
+        td = env.step(td.set("action", action))["next"]
+    for b in range(2):
+        masked = set(torch.nonzero(~td["action_mask"][b]).squeeze(1).tolist())
+        assert masked == set(td["history"][b].tolist()) | {0}
+
+
+def test_episode_scope_needs_more_items_than_a_session_can_mask(log_file: Path) -> None:
+    with pytest.raises(ValueError, match="history_length \\+ max_episode_steps"):
+        make_env(log_file, max_episode_steps=30)
+    with pytest.raises(ValueError, match="mask_scope must be one of"):
+        make_env(log_file, mask_scope="session")
 
 
 def test_episodes_are_capped(log_file: Path) -> None:

@@ -13,6 +13,9 @@ Steps, each a field of ``PreprocessConfig``:
    training) and a user-level split (a seeded share of users held out entirely, for simulators
    that must be evaluated on unseen users).
 
+Item metadata, where the format has it (MovieLens titles and genres), follows the re-indexing as
+one text per item (``Sequences.item_texts``), the input of the encoder's item-text embeddings.
+
 Everything is vectorised pandas/torch; sequences are stored as CSR (``items`` flat in user-major
 chronological order plus ``offsets``), which holds Amazon Beauty's 54k items and 40k users in a
 few MB.
@@ -70,6 +73,9 @@ class Sequences:
     user_raw_ids: Tensor  # [U] long
     heldout_users: Tensor  # [U] bool, the user-level split's held-out users
     ratings: Tensor | None = None  # [I] float32 aligned with ``items``; None if the log has none
+    # [N+1] item text ("title | genres"; "" at padding and for items without metadata), or None
+    # for formats without item metadata. Input of recrl.encoders.text.embed_item_texts.
+    item_texts: list[str] | None = None
 
     @property
     def num_users(self) -> int:
@@ -101,10 +107,11 @@ class Sequences:
         keep = position < torch.repeat_interleave(train_lengths, lengths)
         return self.items[keep], train_offsets, valid_item, test_item
 
-    def state_dict(self) -> dict[str, Tensor | int]:
+    def state_dict(self) -> dict[str, Tensor | int | list[str] | None]:
         return {"items": self.items, "offsets": self.offsets, "num_items": self.num_items,
                 "item_raw_ids": self.item_raw_ids, "user_raw_ids": self.user_raw_ids,
-                "heldout_users": self.heldout_users, "ratings": self.ratings}
+                "heldout_users": self.heldout_users, "ratings": self.ratings,
+                "item_texts": self.item_texts}
 
 
 def implicit_feedback(frame: pd.DataFrame, min_rating: float | None) -> pd.DataFrame:
@@ -122,6 +129,20 @@ def k_core(frame: pd.DataFrame, min_user: int, min_item: int) -> pd.DataFrame:
         if keep.all():
             return frame
         frame = frame[keep]
+
+
+def item_texts_from(items: pd.DataFrame | None, item_raw: pd.Index) -> list[str] | None:
+    """``"title | genres"`` of every new item id (``item_raw[i - 1]`` is item i's raw id), with
+    ``""`` at padding 0 and for items the metadata lacks; None without metadata."""
+    if items is None:
+        return None
+    meta = items.drop_duplicates("item").set_index("item")
+    title = meta["title"].fillna("").astype(str).str.strip()
+    # MovieLens-latest writes "(no genres listed)": no information, so no text for it.
+    genres = (meta["genres"].fillna("").astype(str).str.strip()
+              .replace("(no genres listed)", ""))
+    text = (title + " | " + genres).where(genres != "", title).where(title != "", genres)
+    return ["", *text.reindex(item_raw).fillna("").tolist()]
 
 
 def preprocess(log: RawLog, config: PreprocessConfig) -> Sequences:
@@ -154,6 +175,7 @@ def preprocess(log: RawLog, config: PreprocessConfig) -> Sequences:
         heldout_users=heldout,
         ratings=None if frame["rating"].isna().any()
         else torch.tensor(frame["rating"].to_numpy(), dtype=torch.float32),
+        item_texts=item_texts_from(log.items, item_raw),
     )
 
 
@@ -166,7 +188,7 @@ def source_fingerprint(path: Path) -> dict[str, int | str]:
 
 def cache_key(path: Path, format: str, config: PreprocessConfig, columns: dict) -> str:
     payload = {"source": source_fingerprint(path), "format": format, "config": asdict(config),
-               "columns": columns, "version": 2}
+               "columns": columns, "version": 3}  # 3: item_texts
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -20,7 +20,10 @@ from torch import Tensor
 from torchrl.data import Binary, Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-__all__ = ["RecEnv", "UserResponse", "UserResponseModel", "uniform_valid_action"]
+__all__ = ["MASK_SCOPES", "RecEnv", "UserResponse", "UserResponseModel", "uniform_valid_action"]
+
+#: What ``mask_history`` masks: the items in the visible window, or every item of the episode.
+MASK_SCOPES = ("window", "episode")
 
 # Codes of the "history_response" observation.
 PADDING, SHOWN, CLICKED = 0, 1, 2
@@ -92,7 +95,9 @@ class RecEnv(EnvBase):
     - ``history_response`` [B, L] int64: 0 padding, 1 shown but not clicked, 2 clicked.
     - ``history_watch_time`` [B, L] float32: watch time of each shown item (0 without click).
     - ``action_mask`` [B, N+1] bool: False at 0 and, with ``mask_history``, at the items in
-      the user's window, so that a greedy policy cannot repeat an item within ``L`` steps.
+      the user's window (``mask_scope="window"``: no repeat within ``L`` steps) or at every
+      item shown in the episode so far, start history included (``mask_scope="episode"``: an
+      item is recommended at most once per session).
     - ``click`` [B] bool: whether the last recommendation was clicked (False after reset).
 
     Action ``action`` [B] int64 item id; reward [B, 1] float32 (watch time);
@@ -114,11 +119,22 @@ class RecEnv(EnvBase):
         *,
         history_length: int = 20,
         mask_history: bool = True,
+        mask_scope: str = "window",
         max_episode_steps: int = 1000,
         seed: int | None = None,
     ) -> None:
         check_param("history_length", history_length, 1)
         check_param("max_episode_steps", max_episode_steps, 1)
+        if mask_scope not in MASK_SCOPES:
+            raise ValueError(f"mask_scope must be one of {MASK_SCOPES}, got {mask_scope!r}")
+        if mask_history and mask_scope == "episode" and (
+            users.num_items <= history_length + max_episode_steps
+        ):
+            raise ValueError(
+                f"num_items must be > history_length + max_episode_steps when mask_scope=episode "
+                f"(otherwise a long episode can mask every item), got num_items={users.num_items}, "
+                f"history_length={history_length}, max_episode_steps={max_episode_steps}"
+            )
         if mask_history and users.num_items <= history_length:
             raise ValueError(
                 f"num_items must be > history_length when mask_history=True (otherwise a full "
@@ -131,6 +147,7 @@ class RecEnv(EnvBase):
         self.num_items = users.num_items
         self.history_length = history_length
         self.mask_history = mask_history
+        self.mask_scope = mask_scope
         self.max_episode_steps = max_episode_steps
         self.rng = torch.Generator(device=self.device)
         self._make_specs()
@@ -250,10 +267,14 @@ class RecEnv(EnvBase):
         again unless another copy of it is still in the window; ``shown`` [B] becomes invalid.
         Two [B]-sized scatters instead of a rebuild from the history; the copy is the only
         [B, N+1] work, and it is needed: earlier steps of a rollout keep their own mask.
+        With ``mask_scope="episode"`` nothing is re-enabled before the user's next reset.
         """
+        mask = self._action_mask.clone()  # [B, N+1]; the previous one may be in a rollout
+        if self.mask_scope == "episode":
+            mask.scatter_(1, shown[:, None], False)
+            return mask
         still_shown = (self._history == dropped[:, None]).any(dim=1)  # [B]
         reenable = (dropped != 0) & ~still_shown  # [B]; id 0 stays masked
-        mask = self._action_mask.clone()  # [B, N+1]; the previous one may be in a rollout
         idx = dropped[:, None]  # [B, 1]
         mask.scatter_(1, idx, mask.gather(1, idx) | reenable[:, None])
         mask.scatter_(1, shown[:, None], False)
@@ -263,8 +284,11 @@ class RecEnv(EnvBase):
         """The mask with the window items of the ``reset`` [B] users valid again.
 
         Only window items (and the padding id) are masked, so a [B, L] scatter restores the
-        mask of an empty history; the kept users' rows are copied unchanged.
+        mask of an empty history; the kept users' rows are copied unchanged. With
+        ``mask_scope="episode"`` older items are masked too: reset rows are rebuilt whole.
         """
+        if self.mask_scope == "episode":
+            return torch.where(reset[:, None], self._fresh_mask, self._action_mask)
         shown = self._history.where(reset[:, None], 0)  # [B, L]; 0 for users kept
         mask = self._action_mask.clone()  # [B, N+1]
         mask.scatter_(1, shown, True)

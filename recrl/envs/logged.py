@@ -297,6 +297,7 @@ class LoggedEnv(RecEnv):
         boredom_quantile: float = 0.05,
         max_episode_steps: int = 30,
         mask_history: bool = True,
+        mask_scope: str = "episode",
     ) -> None:
         if user_split not in USER_SPLITS:
             raise ValueError(f"user_split must be one of {USER_SPLITS}, got {user_split!r}")
@@ -320,6 +321,10 @@ class LoggedEnv(RecEnv):
             boredom_quantile=boredom_quantile, device=device,
         )
         super().__init__(users, history_length=history_length, mask_history=mask_history,
-                         max_episode_steps=max_episode_steps, seed=seed)
+                         mask_scope=mask_scope, max_episode_steps=max_episode_steps, seed=seed)
         #: The preprocessed log (users, their item sequences, the split), for analysis and tests.
         self.sequences = sequences
+        #: Each item's text ("title | genres", [N+1], "" at padding), or None when the log's format
+        #: has no item metadata: the input of the encoder's item-text embeddings
+        #: (``encoder=bert_text``, recrl/encoders/text.py). Public, as a catalogue is.
+        self.item_texts: list[str] | None = sequences.item_texts
