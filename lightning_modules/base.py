@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
+from torch import Tensor
 from torch.utils.data import DataLoader
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from recrl.collect import RolloutStream, rollout_dataloader
 from recrl.encoders import HistoryEncoder
@@ -87,6 +89,23 @@ class RecommenderModule(L.LightningModule):
     def rollout_to_batches(self, rollout: TensorDictBase) -> Iterator[TensorDictBase]:
         """Turns one collected rollout ``[num_envs, steps]`` into training batches."""
         raise NotImplementedError
+
+    #: Where the greedy policy writes its score of every item (Q-values, logits, ...).
+    score_key: str = "action_value"
+
+    @torch.no_grad()
+    def item_scores(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
+        """The greedy policy's score of every item after each ``[B, L]`` history, ``[B, N+1]``.
+
+        What offline ranking metrics rank: the policy's preference order over the catalogue.
+        """
+        mask = torch.ones(history.shape[0], self.encoder.num_items + 1, dtype=torch.bool,
+                          device=history.device)
+        mask[:, 0] = False
+        td = TensorDict(dict(zip(HISTORY_KEYS, (history, response, watch_time)),
+                             action_mask=mask), batch_size=history.shape[:1])
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            return self.greedy_policy(td)[self.score_key]
 
     # -- shared plumbing ---------------------------------------------------------------------
     def make_env(self, num_users: int, seed: int, split: str = "train") -> EnvBase:

@@ -42,6 +42,8 @@ class PPOModule(RecommenderModule):
     See ``conf/algo/ppo.yaml`` for what each argument does; the defaults here are the same.
     """
 
+    score_key = "logits"
+
     def __init__(
         self,
         encoder: HistoryEncoder,

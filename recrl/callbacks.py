@@ -5,12 +5,40 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from recrl.data import Sequences
 from recrl.evaluation import evaluate_policy
+from recrl.ranking import evaluate_ranking
 
 
-class PeriodicEvaluation(L.Callback):
+class EveryNSteps(L.Callback):
+    """Runs ``_evaluate`` before training and every ``every_n_steps`` optimiser steps, keeping
+    the points in ``self.curve`` (checkpointed, so a resumed run does not evaluate twice)."""
+
+    every_n_steps: int
+    curve: list[dict[str, float]]
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
+        raise NotImplementedError
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if not self.curve:  # not again when resuming
+            self._evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self._evaluate(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"curve": self.curve}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.curve = list(state_dict["curve"])
+
+
+class PeriodicEvaluation(EveryNSteps):
     """Evaluates the greedy policy on held-out users every ``every_n_steps`` optimiser steps.
 
     The held-out users are the same at every evaluation (one fixed seed, distinct from the
@@ -54,19 +82,46 @@ class PeriodicEvaluation(L.Callback):
                 f"val/return {metrics['return_mean']:7.1f} ± {metrics['return_ci95']:.1f}"
             )
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
-        if not self.curve:  # not again when resuming
-            self._evaluate(trainer, pl_module)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
-            self._evaluate(trainer, pl_module)
+class RankingValidation(EveryNSteps):
+    """Full-ranking HR@10 / NDCG@10 of the validation items while pretraining, every N steps.
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"curve": self.curve}
+    A fixed, seeded sample of ``num_users`` users (all of them when there are fewer), ranked on
+    their leave-one-out *validation* item (the test item is kept for the final numbers). Logs
+    ``val/HR@10`` and ``val/NDCG@10`` straight to the loggers, like `PeriodicEvaluation`.
+    """
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.curve = list(state_dict["curve"])
+    def __init__(self, sequences: Sequences | None, every_n_steps: int, num_users: int,
+                 seed: int) -> None:
+        super().__init__()
+        if sequences is None:
+            raise ValueError("ranking validation needs the logged sequences of a logged-data env")
+        generator = torch.Generator().manual_seed(seed)
+        users = torch.randperm(sequences.num_users, generator=generator)[:num_users]
+        self.users = users.sort().values
+        self.sequences = sequences
+        self.every_n_steps = every_n_steps
+        self.curve: list[dict[str, float]] = []
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
+        was_training = pl_module.training
+        pl_module.eval()
+        metrics = evaluate_ranking(
+            pl_module.item_scores, self.sequences, history_length=pl_module.encoder.history_length,
+            target="valid", users=self.users, ks=(10,), protocols=("full",),
+            device=pl_module.device,
+        )["full"]
+        pl_module.train(was_training)
+        self.curve.append({"step": trainer.global_step, **metrics})
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({f"val/{k}": v for k, v in metrics.items()},
+                                   step=trainer.global_step)
+        if trainer.progress_bar_callback is not None:
+            trainer.progress_bar_callback.print(
+                f"step {trainer.global_step:>6}  val/HR@10 {metrics['HR@10']:.4f}  "
+                f"val/NDCG@10 {metrics['NDCG@10']:.4f}"
+            )
 
 
 class StepProgressBar(TQDMProgressBar):

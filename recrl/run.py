@@ -2,7 +2,9 @@
 
 Reads as the run does: compose the config (Hydra) -> check it -> build the environment factory,
 encoder and algorithm module -> train with Lightning -> evaluate the greedy policy and the
-baselines on held-out users -> write ``results.json``, the evaluation plot and print a table.
+baselines on held-out users (and, on logged data, rank every user's leave-one-out test item)
+-> write ``results.json``, the evaluation plot and print a table. ``algo=pretrain`` trains the
+encoder self-supervised instead and reports only the rankings.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hydra
 import lightning as L
@@ -23,10 +25,16 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_modules.pretrain import ClozePretrainModule
 from recrl.baselines import MostPopularRecommender, MyopicOracle, RandomRecommender
-from recrl.callbacks import PeriodicEvaluation, StepProgressBar
+from recrl.callbacks import PeriodicEvaluation, RankingValidation, StepProgressBar
+from recrl.data import Sequences
+from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features
 from recrl.evaluation import evaluate_policy
 from recrl.plotting import plot_evaluation_curve
+from recrl.ranking import (
+    describe_protocol, evaluate_ranking, log_popularity, most_popular_scorer,
+)
 
 
 # Warnings that are expected by design and would only teach users to ignore warnings:
@@ -90,25 +98,51 @@ def check_config(cfg: DictConfig) -> None:
     check_hardware(cfg.trainer)
 
 
-def build(cfg: DictConfig, output_dir: Path) -> tuple[Any, L.Trainer, PeriodicEvaluation]:
+class Built(NamedTuple):
+    """What a run is made of."""
+
+    module: Any  # a RecommenderModule (RL) or a ClozePretrainModule
+    trainer: L.Trainer
+    evaluation: PeriodicEvaluation | RankingValidation
+    sequences: Sequences | None  # the log behind a logged-data env, else None
+
+
+def is_pretraining(module: Any) -> bool:
+    """Self-supervised pretraining has no policy to run in the simulator, only rankings."""
+    return isinstance(module, ClozePretrainModule)
+
+
+def build(cfg: DictConfig, output_dir: Path) -> Built:
     """Instantiates everything from the config; any rejected value becomes a ConfigurationError."""
     try:
         check_config(cfg)
         env_factory = instantiate(cfg.env, _partial_=True)
         probe_env = env_factory(num_users=1, seed=cfg.seed)  # rejects invalid env values now
+        # The text_* keys (encoder=bert_text) choose the item features, not the encoder's shape.
+        encoder_cfg = OmegaConf.to_container(cfg.encoder, resolve=True)
+        text_options = {k: encoder_cfg.pop(k) for k in TEXT_OPTIONS if k in encoder_cfg}
         encoder = instantiate(
-            cfg.encoder,
+            encoder_cfg,
             num_items=probe_env.num_items,
             history_length=probe_env.history_length,
-            item_features=probe_env.item_features,
+            item_features=encoder_item_features(probe_env, **text_options),
         )
         module = instantiate(cfg.algo, encoder=encoder, env_factory=env_factory, seed=cfg.seed)
-        evaluation = PeriodicEvaluation(
-            every_n_steps=cfg.evaluation.every_n_steps,
-            num_users=cfg.evaluation.num_users,
-            seed=cfg.evaluation.seed,
-            max_steps=cfg.evaluation.max_steps,
-        )
+        sequences = getattr(probe_env, "sequences", None)  # logged-data envs only
+        if is_pretraining(module):
+            evaluation = RankingValidation(
+                sequences,
+                every_n_steps=cfg.evaluation.every_n_steps,
+                num_users=cfg.evaluation.num_users,
+                seed=cfg.evaluation.seed,
+            )
+        else:
+            evaluation = PeriodicEvaluation(
+                every_n_steps=cfg.evaluation.every_n_steps,
+                num_users=cfg.evaluation.num_users,
+                seed=cfg.evaluation.seed,
+                max_steps=cfg.evaluation.max_steps,
+            )
         checkpoint = ModelCheckpoint(
             dirpath=output_dir / "checkpoints",
             every_n_train_steps=cfg.checkpoint.every_n_steps,
@@ -121,11 +155,16 @@ def build(cfg: DictConfig, output_dir: Path) -> tuple[Any, L.Trainer, PeriodicEv
         )
     except (ValueError, TypeError, FileNotFoundError, InstantiationException) as err:
         raise ConfigurationError(str(err).strip()) from err
-    return module, trainer, evaluation
+    return Built(module, trainer, evaluation, sequences)
 
 
-def final_evaluation(module: Any, cfg: DictConfig) -> dict[str, Any]:
-    """The greedy agent and every baseline on the same held-out users."""
+def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None) -> dict[str, Any]:
+    """The greedy agent and every baseline on the same held-out users.
+
+    ``popular`` ranks items by the clicks they got during training (any simulator); on logged
+    data ``popular_log`` ranks them by the training users' interactions in the log, the usual
+    most-popular of recommender-systems papers.
+    """
     num_users, seed = cfg.evaluation.final_num_users, cfg.evaluation.seed
 
     def run(policy_for_env) -> dict[str, float]:
@@ -138,6 +177,9 @@ def final_evaluation(module: Any, cfg: DictConfig) -> dict[str, Any]:
         "random": run(lambda env: RandomRecommender(seed=seed)),
         "popular": run(lambda env: MostPopularRecommender(module.item_clicks)),
     }
+    if sequences is not None:
+        counts = log_popularity(sequences, users=~sequences.heldout_users)
+        baselines["popular_log"] = run(lambda env: MostPopularRecommender(counts))
     if module.make_env(1, seed=seed, split="heldout").has_expected_reward:  # only simulators with hidden state
         baselines["oracle_myopic"] = run(MyopicOracle)
     return {"agent": agent, "baselines": baselines}
@@ -168,30 +210,71 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def offline_ranking(module: Any, sequences: Sequences, cfg: DictConfig) -> dict[str, Any]:
+    """HR@K / NDCG@K of the trained model and of most-popular on the leave-one-out test items."""
+    options = cfg.evaluation.ranking
+
+    def rank(score_fn) -> dict[str, dict[str, float]]:
+        return evaluate_ranking(
+            score_fn, sequences, history_length=module.encoder.history_length,
+            ks=tuple(options.ks), num_negatives=options.num_negatives, seed=options.seed,
+            chunk_size=options.chunk_size, device=module.device,
+        )
+
+    module.eval()
+    scores = {"agent": rank(module.item_scores), "popular": rank(most_popular_scorer(sequences))}
+    protocols = {key: describe_protocol(key) for key in scores["agent"]}
+    return {**scores, "protocols": protocols,
+            "users": f"all {sequences.num_users} users, leave-one-out test item"}
+
+
+def format_ranking_table(ranking: dict[str, Any]) -> str:
+    """One row per model, HR@K and NDCG@K under each protocol."""
+    protocols = list(ranking["protocols"])
+    metrics = list(ranking["agent"][protocols[0]])
+    header = f"{'ranking':<10}" + "".join(f"{p[:24]:>{12 * len(metrics)}}" for p in protocols)
+    lines = [header, f"{'':<10}" + "".join(f"{m:>12}" for _ in protocols for m in metrics)]
+    for name in ("agent", "popular"):
+        lines.append(f"{name:<10}" + "".join(
+            f"{ranking[name][p][m]:>12.4f}" for p in protocols for m in metrics
+        ))
+    return "\n".join(lines)
+
+
 def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """One complete run; returns what ``results.json`` holds."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module, trainer, evaluation = build(cfg, output_dir)
+    module, trainer, evaluation, sequences = build(cfg, output_dir)
     started = time.perf_counter()
     trainer.fit(module)
     if not trainer.is_global_zero:
         return {}
-    results = final_evaluation(module, cfg)
-    results["frames"] = int(module.frames)
+    choices = HydraConfig.get().runtime.choices
+    if is_pretraining(module):
+        results = {"offline_ranking": offline_ranking(module, sequences, cfg)}
+        results["checkpoint"] = str(output_dir / "checkpoints" / "last.ckpt")
+    else:
+        results = final_evaluation(module, cfg, sequences)
+        results["frames"] = int(module.frames)
+        results["evaluation_protocol"] = (
+            f"online, simulator, {cfg.evaluation.final_num_users} held-out users "
+            f"(seed {cfg.evaluation.seed}), one episode each, greedy policy; ± is a 95% CI over "
+            "users"
+        )
+        if sequences is not None:
+            results["offline_ranking"] = offline_ranking(module, sequences, cfg)
+        plot_evaluation_curve(
+            evaluation.curve, results["baselines"], output_dir / "evaluation_return.png",
+            title=f"{choices.get('algo')} on {choices.get('env')}",
+        )
     results["optimizer_steps"] = trainer.global_step
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
     results["seed"] = cfg.seed
-    results["evaluation_protocol"] = (
-        f"online, simulator, {cfg.evaluation.final_num_users} held-out users "
-        f"(seed {cfg.evaluation.seed}), one episode each, greedy policy; ± is a 95% CI over users"
-    )
-    plot_evaluation_curve(
-        evaluation.curve, results["baselines"], output_dir / "evaluation_return.png",
-        title=f"{HydraConfig.get().runtime.choices.get('algo')} on "
-        f"{HydraConfig.get().runtime.choices.get('env')}",
-    )
     write_json_atomically(output_dir / RESULTS_FILE, results)
-    print("\n" + format_results_table(results))
+    if "agent" in results:
+        print("\n" + format_results_table(results))
+    if "offline_ranking" in results:
+        print("\n" + format_ranking_table(results["offline_ranking"]))
     print(f"\nrun folder: {output_dir}")
     return results
 
@@ -208,8 +291,13 @@ def main(cfg: DictConfig) -> float | None:
     except BaseException as err:
         (output_dir / FAILURE_FILE).write_text(f"run failed: {err!r}\n")
         raise
-    # Sweepers (Optuna) minimise or maximise what the task returns.
-    return results["agent"]["return_mean"] if results else None
+    # Sweepers (Optuna) minimise or maximise what the task returns: the online return of an RL
+    # run, the full-ranking HR@10 of pretraining.
+    if not results:
+        return None
+    if "agent" in results:
+        return results["agent"]["return_mean"]
+    return results["offline_ranking"]["agent"]["full"].get("HR@10")
 
 
 if __name__ == "__main__":

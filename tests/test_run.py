@@ -91,6 +91,9 @@ def test_same_seed_same_metrics(smoke_run: Path, algo: str, tmp_path: Path) -> N
         (["algo=ppo", "algo.minibatch_size=100000"], "algo.minibatch_size"),
         (["algo=ppo", "algo.advantages=never"], "algo.advantages"),
         (["env=ml100k", "env.path=/nonexistent/ml-100k"], "python -m recrl.data download"),
+        (["algo=pretrain"], "learns from logged sequences"),
+        (["encoder.init_from=/nonexistent.ckpt"], "encoder.init_from"),
+        (["encoder=bert_text"], "needs item text"),
     ],
 )
 def test_bad_input_ends_with_one_clear_error(

@@ -39,6 +39,10 @@ class HistoryEncoder(nn.Module):
         item_ids: learn an embedding per item id. False (only with ``item_features``) describes
             items by their features alone: far fewer parameters, but items that share features
             become indistinguishable (on the synthetic simulator DQN did worse this way).
+        init_from: a checkpoint of ``algo=pretrain`` (BERT4Rec-style cloze pretraining,
+            ``lightning_modules/pretrain.py``) to start from: every encoder weight is loaded, and
+            its next-item head is kept in ``pretrained_scorer`` for the `ItemScorer` built on
+            this encoder. The encoder's shape, catalogue and item features must match.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class HistoryEncoder(nn.Module):
         pretrained_path: str | None = None,
         item_features: Tensor | None = None,
         item_ids: bool = True,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if not item_ids and item_features is None:
@@ -95,6 +100,18 @@ class HistoryEncoder(nn.Module):
             with torch.no_grad():
                 self.item_embedding.weight[0] = 0.0  # the padding id stays a zero vector
         nn.init.normal_(self.state_token, std=0.02)
+        #: The pretrained next-item head's weights, for `ItemScorer` (None without init_from).
+        self.pretrained_scorer: dict[str, Tensor] | None = None
+        if init_from is not None:
+            encoder_state, self.pretrained_scorer = load_pretrained(init_from)
+            try:
+                self.load_state_dict(encoder_state)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"encoder.init_from={init_from}: the checkpoint does not fit this encoder (it "
+                    "was pretrained with another encoder size, catalogue or item features; use the "
+                    f"same env and encoder settings as the pretraining run): {err}"
+                ) from None
 
     @staticmethod
     def _build_bert(
@@ -154,25 +171,63 @@ class HistoryEncoder(nn.Module):
             vectors = vectors + self.feature_projection(self.item_features)
         return vectors
 
-    def forward(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
-        """``history``/``response`` ``[..., L]`` long, ``watch_time`` ``[..., L]`` float -> ``[..., H]``."""
-        batch_shape = history.shape[:-1]
-        length = history.shape[-1]
-        history = history.reshape(-1, length)  # [B, L]
-        response = response.reshape(-1, length)
-        watch_time = watch_time.reshape(-1, length, 1).to(self.state_token.dtype)
-        tokens = (
+    def embed_tokens(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
+        """``[B, L]`` history, responses and watch times -> input tokens ``[B, L, H]``."""
+        watch_time = watch_time.unsqueeze(-1).to(self.state_token.dtype)
+        return (
             F.embedding(history, self.item_vectors())
             + self.response_embedding(response)
             + self.watch_time_projection(watch_time)
-        )  # [B, L, H]
+        )
+
+    def contextualise(self, tokens: Tensor, history: Tensor) -> Tensor:
+        """Tokens ``[B, L, H]`` -> BERT outputs ``[B, L+1, H]``, the state token's first.
+
+        Padding positions (``history == 0``) are not attended to. Split from `forward` so that
+        pretraining can replace some tokens (masked items) before the transformer reads them.
+        """
         state_token = self.state_token.expand(tokens.shape[0], 1, -1)  # [B, 1, H]
         inputs = torch.cat([state_token, tokens], dim=1)  # [B, L+1, H]
         attention_mask = torch.cat(
             [torch.ones_like(history[:, :1]), (history != 0).long()], dim=1
         )  # [B, L+1]
-        hidden = self.bert(inputs_embeds=inputs, attention_mask=attention_mask).last_hidden_state
+        return self.bert(inputs_embeds=inputs, attention_mask=attention_mask).last_hidden_state
+
+    def forward(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
+        """``history``/``response`` ``[..., L]`` long, ``watch_time`` ``[..., L]`` float -> ``[..., H]``."""
+        batch_shape = history.shape[:-1]
+        length = history.shape[-1]
+        history = history.reshape(-1, length)  # [B, L]
+        tokens = self.embed_tokens(
+            history, response.reshape(-1, length), watch_time.reshape(-1, length)
+        )
+        hidden = self.contextualise(tokens, history)
         return hidden[:, 0].reshape(*batch_shape, self.hidden_size)
+
+
+def load_pretrained(path: str) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """The encoder weights and next-item head of an ``algo=pretrain`` checkpoint.
+
+    Accepts Lightning checkpoints (``checkpoints/last.ckpt``; read with ``weights_only=True``, so
+    loading a checkpoint cannot run code) and plain state dicts.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(
+            f"encoder.init_from={path!r}: no such file; give the checkpoint of a pretraining run "
+            "(outputs/<date>/<time>/checkpoints/last.ckpt of python -m recrl.run algo=pretrain)"
+        )
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    scorer = {k.removeprefix("next_item_head."): v for k, v in state.items()
+              if k.startswith("next_item_head.")}
+    if not encoder:
+        raise ValueError(
+            f"encoder.init_from={path!r} holds no encoder weights (no 'encoder.*' keys); is it "
+            "the checkpoint of an algo=pretrain run?"
+        )
+    return encoder, scorer or None
 
 
 class ItemScorer(nn.Module):
@@ -197,6 +252,9 @@ class ItemScorer(nn.Module):
             self.item_bias = None
             self.feature_bias = nn.Linear(encoder.item_features.shape[1], 1, bias=False)
             self._item_features = encoder.feature_matrix  # bound: follows the buffer across devices
+        if encoder.pretrained_scorer is not None and encoder.item_ids:
+            # Start from the pretrained next-item predictor (the same function of the state).
+            self.load_state_dict(encoder.pretrained_scorer)
 
     def biases(self) -> Tensor:
         """``b_a`` of every item, ``[N+1]``."""

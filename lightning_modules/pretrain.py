@@ -1,0 +1,213 @@
+"""Self-supervised pretraining of the history encoder on logged sequences (``algo=pretrain``).
+
+BERT4Rec's cloze task (Sun et al. 2019), on windows of the length the RL agent will see:
+
+    draw a window of L consecutive logged items of a training user, and the item that follows it
+    replace each item of the window by a learnt [MASK] token with probability mask_prob
+    loss = CE(next item | state token)  +  cloze_weight * CE(masked items | their positions)
+
+Both predictions score the whole catalogue through `ItemScorer` heads tied to the encoder's
+item table. The next-item head reads the state token, exactly as the RL policies do, so an RL
+run started from this checkpoint (``encoder.init_from=...``) begins with a policy that already
+recommends plausible next items. BERT4Rec's own test-time trick (a [MASK] appended after the
+history) is the state token here: it is always present and always predicts what comes next.
+
+Data: the leave-one-out training part of every *training* user of the simulator's user split
+(the last two items of each user are validation and test targets; held-out simulator users are
+never trained on). Windows are cut and masked with tensor operations on the CSR sequences.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from lightning_modules.base import EnvFactory
+from recrl.data import Sequences
+from recrl.encoders import HistoryEncoder, ItemScorer
+from recrl.envs.base import CLICKED, PADDING
+from recrl.envs.logged import MAX_RATING
+
+
+class TrainingWindows:
+    """Every (window, next item) pair of the training sequences, cut on demand in batches.
+
+    A sample is a target position ``t`` (never a user's first item): the window is the up to
+    ``L`` items before it, left-padded with 0, most recent last, as the environments write
+    histories; the target is the item at ``t``.
+    """
+
+    def __init__(self, sequences: Sequences, history_length: int) -> None:
+        train_items, train_offsets, _, _ = sequences.leave_one_out()
+        lengths = train_offsets[1:] - train_offsets[:-1]
+        users = torch.arange(sequences.num_users)
+        train_users = ~sequences.heldout_users
+        position_user = torch.repeat_interleave(users, lengths)  # [I_train]
+        start = torch.repeat_interleave(train_offsets[:-1], lengths)
+        position = torch.arange(train_items.numel())
+        keep = train_users[position_user] & (position > start)  # a target with a history
+        self.items = train_items
+        self.targets = position[keep]  # flat positions of the targets
+        self.user_start = start[keep]  # flat position of each target's user's first item
+        self.watch = self._watch_times(sequences, lengths)
+        self.history_length = history_length
+
+    @staticmethod
+    def _watch_times(sequences: Sequences, train_lengths: Tensor) -> Tensor:
+        """Logged ratings of the training part (the env's convention: MAX_RATING without any)."""
+        if sequences.ratings is None:
+            return torch.full((int(train_lengths.sum()),), MAX_RATING)
+        position = torch.arange(sequences.num_interactions) - torch.repeat_interleave(
+            sequences.offsets[:-1], sequences.lengths
+        )
+        keep = position < torch.repeat_interleave(train_lengths, sequences.lengths)
+        return sequences.ratings[keep]
+
+    def __len__(self) -> int:
+        return self.targets.numel()
+
+    def batch(self, index: Tensor) -> dict[str, Tensor]:
+        """Windows ``[B, L]`` (items, responses, watch times) and next items ``[B]``."""
+        target = self.targets[index]  # [B]
+        offset = torch.arange(-self.history_length, 0)  # [L]
+        source = target[:, None] + offset  # [B, L]
+        valid = source >= self.user_start[index][:, None]
+        source = source.clamp(min=0)
+        history = torch.where(valid, self.items[source], PADDING)
+        return {
+            "history": history,
+            "history_response": torch.where(valid, CLICKED, PADDING),
+            "history_watch_time": torch.where(valid, self.watch[source], 0.0),
+            "next_item": self.items[target],
+        }
+
+
+class ClozePretrainModule(L.LightningModule):
+    """BERT4Rec-style pretraining of a `HistoryEncoder` (module docstring).
+
+    Args:
+        encoder: the encoder to pretrain (``encoder.init_from`` loads it into an RL run).
+        env_factory: a logged-data environment factory; its sequences and user split are used.
+        mask_prob: probability that a window item is replaced by [MASK] (BERT4Rec: 0.2 on
+            MovieLens, larger for sparse logs).
+        cloze_weight: weight of the masked-item loss next to the next-item loss.
+        batch_size: windows per optimiser step.
+        lr, weight_decay, warmup_steps: AdamW with linear warm-up then linear decay to 0 over
+            ``trainer.max_steps``.
+        seed: seed of the window order (the masks follow the global seed).
+    """
+
+    def __init__(
+        self,
+        encoder: HistoryEncoder,
+        env_factory: EnvFactory,
+        *,
+        mask_prob: float = 0.2,
+        cloze_weight: float = 1.0,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 100,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= mask_prob < 1.0:
+            raise ValueError(f"algo.mask_prob must be in [0, 1), got {mask_prob}")
+        if cloze_weight < 0:
+            raise ValueError(f"algo.cloze_weight must be >= 0, got {cloze_weight}")
+        if batch_size < 1:
+            raise ValueError(f"algo.batch_size must be >= 1, got {batch_size}")
+        self.save_hyperparameters(ignore=["encoder", "env_factory"])
+        env = env_factory(num_users=1, seed=seed)
+        sequences = getattr(env, "sequences", None)
+        if sequences is None:
+            raise ValueError(
+                f"algo=pretrain learns from logged sequences, and {type(env).__name__} has none; "
+                "use a logged-data env (env=ml100k, env=beauty or env=logged)"
+            )
+        if sequences.num_items != encoder.num_items:
+            raise ValueError(
+                f"the encoder has {encoder.num_items} items, the log {sequences.num_items}"
+            )
+        self.encoder = encoder
+        self.sequences: Sequences = sequences
+        self.windows = TrainingWindows(sequences, encoder.history_length)
+        self.next_item_head = ItemScorer(encoder)
+        self.cloze_head = ItemScorer(encoder)
+        self.mask_token = nn.Parameter(torch.randn(encoder.hidden_size) * 0.02)
+        self.mask_prob = mask_prob
+        self.cloze_weight = cloze_weight
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.seed = seed
+
+    # -- what evaluation and ranking read ----------------------------------------------------
+    def item_scores(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
+        """Scores ``[B, N+1]`` of every item as the next one after each history."""
+        return self.next_item_head(self.encoder(history, response, watch_time))
+
+    # -- training -----------------------------------------------------------------------------
+    def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Next-item and cloze cross-entropies of one batch of windows."""
+        history = batch["history"]
+        tokens = self.encoder.embed_tokens(
+            history, batch["history_response"], batch["history_watch_time"]
+        )  # [B, L, H]
+        masked = (torch.rand(history.shape, device=history.device) < self.mask_prob) & (
+            history != PADDING
+        )  # [B, L]
+        tokens = torch.where(masked[..., None], self.mask_token, tokens)
+        hidden = self.encoder.contextualise(tokens, history)  # [B, L+1, H]
+        next_loss = F.cross_entropy(self.next_item_head(hidden[:, 0]), batch["next_item"])
+        losses = {"next_item": next_loss}
+        if masked.any():
+            cloze_logits = self.cloze_head(hidden[:, 1:][masked])  # [M, N+1]: masked only
+            losses["cloze"] = F.cross_entropy(cloze_logits, history[masked])
+        else:
+            losses["cloze"] = next_loss.new_zeros(())
+        losses["loss"] = next_loss + self.cloze_weight * losses["cloze"]
+        return losses
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self.losses(batch)
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(
+                f"pretraining loss is {losses['loss'].item()} at step {self.global_step}; "
+                "lower algo.lr"
+            )
+        self.log_dict({f"train/{k}_loss" if k != "loss" else "train/loss": v
+                       for k, v in losses.items()}, prog_bar=False)
+        return losses["loss"]
+
+    def train_dataloader(self) -> DataLoader:
+        # Indices are shuffled with a seeded generator; each batch of them is cut into windows
+        # with tensor operations (collate), not one sample at a time.
+        return DataLoader(
+            range(len(self.windows)),
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(self.seed),
+            collate_fn=lambda index: self.windows.batch(torch.tensor(index)),
+        )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr,
+                                      weight_decay=self.weight_decay)
+        total = max(self.trainer.max_steps, 1)
+        warmup = min(self.warmup_steps, total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(total - warmup, 1))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,171 @@
+"""BERT4Rec-style pretraining: its windows, its losses, that it learns, and starting RL from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_modules.pretrain import ClozePretrainModule, TrainingWindows
+from recrl.data import Sequences
+from recrl.encoders import HistoryEncoder, ItemScorer
+from recrl.envs.base import CLICKED, PADDING
+from tests.conftest import ML100K, needs_ml100k, run_recrl
+
+
+def toy_sequences(num_items: int = 12, heldout: tuple[bool, ...] = (False, False, True)) -> Sequences:
+    """User 0: items 1..7, user 1: 8 9 10 11 12, user 2 (held out): 2 4 6 8 10."""
+    per_user = [list(range(1, 8)), [8, 9, 10, 11, 12], [2, 4, 6, 8, 10]]
+    items = torch.tensor([i for seq in per_user for i in seq])
+    lengths = torch.tensor([len(seq) for seq in per_user])
+    return Sequences(
+        items=items,
+        offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+        num_items=num_items,
+        item_raw_ids=torch.arange(-1, num_items),
+        user_raw_ids=torch.arange(3),
+        heldout_users=torch.tensor(heldout),
+        ratings=items.float() / 10,  # a rating that tells items apart
+    )
+
+
+class FakeLoggedEnv:
+    """Just what the pretraining module reads from a logged-data environment."""
+
+    def __init__(self, sequences: Sequences) -> None:
+        self.sequences = sequences
+
+
+def make_module(sequences: Sequences, history_length: int = 3, **kwargs) -> ClozePretrainModule:
+    encoder = HistoryEncoder(sequences.num_items, history_length, hidden_size=32, num_layers=1,
+                             num_heads=2, intermediate_size=64)
+    return ClozePretrainModule(encoder, lambda **_: FakeLoggedEnv(sequences), **kwargs)
+
+
+def test_windows_are_the_items_before_each_target_of_training_users_only() -> None:
+    windows = TrainingWindows(toy_sequences(), history_length=3)
+    # User 0 trains on 1..5 (6 and 7 are validation and test): targets 2..5; user 1 on 8 9 10:
+    # targets 9, 10; user 2 is held out.
+    assert len(windows) == 4 + 2
+    batch = windows.batch(torch.arange(len(windows)))
+    assert batch["next_item"].tolist() == [2, 3, 4, 5, 9, 10]
+    assert batch["history"].tolist() == [
+        [0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4],  # left-padded, most recent last
+        [0, 0, 8], [0, 8, 9],  # never reaches back into user 0's items
+    ]
+    assert batch["history_response"].tolist()[0] == [PADDING, PADDING, CLICKED]
+    torch.testing.assert_close(batch["history_watch_time"][3], torch.tensor([0.2, 0.3, 0.4]))
+    torch.testing.assert_close(batch["history_watch_time"][4], torch.tensor([0.0, 0.0, 0.8]))
+
+
+def test_without_masking_only_the_next_item_is_learnt() -> None:
+    module = make_module(toy_sequences(), mask_prob=0.0)
+    batch = module.windows.batch(torch.arange(len(module.windows)))
+    losses = module.losses(batch)
+    assert losses["cloze"].item() == 0.0
+    torch.testing.assert_close(losses["loss"], losses["next_item"])
+
+
+def test_masked_positions_are_items_never_padding() -> None:
+    module = make_module(toy_sequences(), mask_prob=0.99)
+    batch = module.windows.batch(torch.arange(len(module.windows)))
+    torch.manual_seed(0)
+    losses = module.losses(batch)
+    # Every real item masked: the cloze targets are exactly the window items (10 of them), so the
+    # loss is finite and near log(13) at initialisation, not polluted by padding targets.
+    assert torch.isfinite(losses["cloze"])
+    assert abs(losses["cloze"].item() - torch.log(torch.tensor(13.0)).item()) < 0.5
+
+
+def test_pretraining_learns_the_next_item() -> None:
+    """A log where each item is always followed by the next one: after training, the next-item
+    head ranks the true successor first for most windows (at initialisation: ~1/12).
+    (200 steps measured: accuracy 1.0, next-item loss 0.28.)"""
+    torch.manual_seed(0)
+    L.seed_everything(0, verbose=False)
+    sequences = toy_sequences(heldout=(False, False, False))
+    module = make_module(sequences, mask_prob=0.2, batch_size=8, lr=1e-2, warmup_steps=1)
+    trainer = L.Trainer(max_steps=200, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module)
+    batch = module.windows.batch(torch.arange(len(module.windows)))
+    module.eval()
+    with torch.no_grad():
+        scores = module.item_scores(
+            batch["history"], batch["history_response"], batch["history_watch_time"]
+        )
+    accuracy = (scores.argmax(-1) == batch["next_item"]).float().mean().item()
+    assert accuracy >= 0.8
+
+
+def test_an_encoder_and_its_scorer_start_from_a_pretraining_checkpoint(tmp_path: Path) -> None:
+    module = make_module(toy_sequences())
+    with torch.no_grad():
+        module.next_item_head.item_bias.normal_()  # something not at its initial value
+    path = tmp_path / "pretrained.ckpt"
+    torch.save({"state_dict": module.state_dict()}, path)
+
+    encoder = HistoryEncoder(12, 3, hidden_size=32, num_layers=1, num_heads=2,
+                             intermediate_size=64, init_from=str(path))
+    for name, value in module.encoder.state_dict().items():
+        torch.testing.assert_close(encoder.state_dict()[name], value)
+    scorer = ItemScorer(encoder)
+    torch.testing.assert_close(scorer.item_bias, module.next_item_head.item_bias)
+    history = torch.tensor([[0, 1, 2]])
+    response = torch.full_like(history, CLICKED)
+    watch = torch.ones(1, 3)
+    torch.testing.assert_close(scorer(encoder(history, response, watch)),
+                               module.eval().item_scores(history, response, watch))
+
+
+def test_a_checkpoint_for_another_catalogue_is_refused(tmp_path: Path) -> None:
+    module = make_module(toy_sequences())
+    path = tmp_path / "pretrained.ckpt"
+    torch.save({"state_dict": module.state_dict()}, path)
+    with pytest.raises(ValueError, match="does not fit this encoder"):
+        HistoryEncoder(20, 3, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                       init_from=str(path))
+    with pytest.raises(ValueError, match="no such file"):
+        HistoryEncoder(12, 3, init_from=str(tmp_path / "missing.ckpt"))
+
+
+def test_pretraining_needs_logged_sequences() -> None:
+    encoder = HistoryEncoder(12, 3)
+    with pytest.raises(ValueError, match="learns from logged sequences"):
+        ClozePretrainModule(encoder, lambda **_: object())
+    with pytest.raises(ValueError, match="mask_prob"):
+        make_module(toy_sequences(), mask_prob=1.0)
+
+
+@needs_ml100k
+def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path) -> None:
+    """Both steps through the entry point: pretraining writes rankings and a checkpoint; an RL
+    run starts from it and reports the same ranking protocols next to its online return."""
+    data = [f"env.path={ML100K}", f"env.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
+            "evaluation.ranking.chunk_size=1024"]
+    pretrain_dir = tmp_path / "pretrain"
+    proc = run_recrl(pretrain_dir, "env=ml100k", "algo=pretrain", "debug=smoke", *data)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((pretrain_dir / "results.json").read_text())
+    ranking = results["offline_ranking"]
+    protocols = {"full", "sampled_uniform_100", "sampled_popularity_100"}
+    assert set(ranking["agent"]) == set(ranking["popular"]) == set(ranking["protocols"]) == protocols
+    assert set(ranking["agent"]["full"]) == {"HR@10", "NDCG@10", "HR@20", "NDCG@20"}
+    # Most-popular's numbers on ML-100K (recrl/ranking.py's tests pin them more tightly).
+    assert 0.06 < ranking["popular"]["full"]["HR@10"] < 0.11
+    assert results["optimizer_steps"] == 20
+    checkpoint = Path(results["checkpoint"])
+    assert checkpoint.is_file()
+    with open(pretrain_dir / "metrics.csv") as f:
+        assert "val/HR@10" in f.readline()
+
+    rl_dir = tmp_path / "ppo"
+    proc = run_recrl(rl_dir, "env=ml100k", "algo=ppo", "debug=smoke", *data,
+                     f"encoder.init_from={checkpoint}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((rl_dir / "results.json").read_text())
+    assert {"random", "popular", "popular_log", "oracle_myopic"} == set(results["baselines"])
+    assert set(results["offline_ranking"]["agent"]) == protocols
