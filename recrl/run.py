@@ -213,10 +213,17 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
 def offline_ranking(module: Any, sequences: Sequences, cfg: DictConfig) -> dict[str, Any]:
     """HR@K / NDCG@K of the trained model and of most-popular on the leave-one-out test items."""
     options = cfg.evaluation.ranking
+    users = torch.arange(sequences.num_users)
+    described = f"all {sequences.num_users} users"
+    if options.max_users is not None and options.max_users < sequences.num_users:
+        generator = torch.Generator().manual_seed(options.seed)
+        users = torch.randperm(sequences.num_users, generator=generator)[: options.max_users]
+        users = users.sort().values
+        described = f"{options.max_users} of {sequences.num_users} users (seed {options.seed})"
 
     def rank(score_fn) -> dict[str, dict[str, float]]:
         return evaluate_ranking(
-            score_fn, sequences, history_length=module.encoder.history_length,
+            score_fn, sequences, history_length=module.encoder.history_length, users=users,
             ks=tuple(options.ks), num_negatives=options.num_negatives, seed=options.seed,
             chunk_size=options.chunk_size, device=module.device,
         )
@@ -224,8 +231,7 @@ def offline_ranking(module: Any, sequences: Sequences, cfg: DictConfig) -> dict[
     module.eval()
     scores = {"agent": rank(module.item_scores), "popular": rank(most_popular_scorer(sequences))}
     protocols = {key: describe_protocol(key) for key in scores["agent"]}
-    return {**scores, "protocols": protocols,
-            "users": f"all {sequences.num_users} users, leave-one-out test item"}
+    return {**scores, "protocols": protocols, "users": f"{described}, leave-one-out test item"}
 
 
 def format_ranking_table(ranking: dict[str, Any]) -> str:

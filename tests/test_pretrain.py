@@ -121,6 +121,18 @@ def test_an_encoder_and_its_scorer_start_from_a_pretraining_checkpoint(tmp_path:
                                module.eval().item_scores(history, response, watch))
 
 
+def test_init_scorer_false_loads_the_encoder_only(tmp_path: Path) -> None:
+    module = make_module(toy_sequences())
+    with torch.no_grad():
+        module.next_item_head.item_bias.fill_(1.0)
+    path = tmp_path / "pretrained.ckpt"
+    torch.save({"state_dict": module.state_dict()}, path)
+    encoder = HistoryEncoder(12, 3, hidden_size=32, num_layers=1, num_heads=2,
+                             intermediate_size=64, init_from=str(path), init_scorer=False)
+    torch.testing.assert_close(encoder.item_embedding.weight, module.encoder.item_embedding.weight)
+    assert ItemScorer(encoder).item_bias.abs().sum() == 0  # a fresh scorer
+
+
 def test_a_checkpoint_for_another_catalogue_is_refused(tmp_path: Path) -> None:
     module = make_module(toy_sequences())
     path = tmp_path / "pretrained.ckpt"

@@ -43,6 +43,8 @@ class HistoryEncoder(nn.Module):
             ``lightning_modules/pretrain.py``) to start from: every encoder weight is loaded, and
             its next-item head is kept in ``pretrained_scorer`` for the `ItemScorer` built on
             this encoder. The encoder's shape, catalogue and item features must match.
+        init_scorer: with ``init_from``, also start the policy's item scorer from the pretrained
+            next-item head (False: only the encoder; the scorer starts from scratch).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class HistoryEncoder(nn.Module):
         item_features: Tensor | None = None,
         item_ids: bool = True,
         init_from: str | None = None,
+        init_scorer: bool = True,
     ) -> None:
         super().__init__()
         if not item_ids and item_features is None:
@@ -103,7 +106,8 @@ class HistoryEncoder(nn.Module):
         #: The pretrained next-item head's weights, for `ItemScorer` (None without init_from).
         self.pretrained_scorer: dict[str, Tensor] | None = None
         if init_from is not None:
-            encoder_state, self.pretrained_scorer = load_pretrained(init_from)
+            encoder_state, scorer_state = load_pretrained(init_from)
+            self.pretrained_scorer = scorer_state if init_scorer else None
             try:
                 self.load_state_dict(encoder_state)
             except RuntimeError as err:
