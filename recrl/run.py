@@ -35,6 +35,7 @@ from recrl.plotting import plot_evaluation_curve
 from recrl.ranking import (
     describe_protocol, evaluate_ranking, log_popularity, most_popular_scorer,
 )
+from recrl.tracking import log_final_results, make_loggers, tracking_callbacks
 
 
 # Warnings that are expected by design and would only teach users to ignore warnings:
@@ -149,10 +150,9 @@ def build(cfg: DictConfig, output_dir: Path) -> Built:
             save_last=True,
             save_top_k=0,
         )
-        loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-        trainer = instantiate(
-            cfg.trainer, callbacks=[StepProgressBar(), evaluation, checkpoint], logger=loggers
-        )
+        loggers = make_loggers(cfg)
+        callbacks = [StepProgressBar(), evaluation, checkpoint, *tracking_callbacks(cfg, loggers)]
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     except (ValueError, TypeError, FileNotFoundError, InstantiationException) as err:
         raise ConfigurationError(str(err).strip()) from err
     return Built(module, trainer, evaluation, sequences)
@@ -277,6 +277,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
     results["seed"] = cfg.seed
     write_json_atomically(output_dir / RESULTS_FILE, results)
+    log_final_results(trainer.loggers, results, output_dir / "evaluation_return.png")
     if "agent" in results:
         print("\n" + format_results_table(results))
     if "offline_ranking" in results:
