@@ -8,8 +8,10 @@ into training batches.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -30,6 +32,11 @@ EnvFactory = Callable[..., EnvBase]
 #: Observation keys the encoder reads (written by every recrl environment).
 HISTORY_KEYS = ["history", "history_response", "history_watch_time"]
 
+#: Test-only: when this environment variable is set, every rank writes its final ``state_dict``,
+#: its own frame count and a fingerprint of its first rollout to ``<run folder>/rank<k>.pt``
+#: (tests/test_ddp.py checks with it that DDP ranks agree on weights and differ in data).
+RANK_DUMP_ENV = "RECRL_TEST_DUMP_RANKS"
+
 
 class RecommenderModule(L.LightningModule):
     """Base of the algorithm modules: environment, collection and bookkeeping.
@@ -42,6 +49,12 @@ class RecommenderModule(L.LightningModule):
         max_grad_norm: the gradient norm is clipped to this before each optimiser step (each
             algorithm has its own usual value, so it lives in ``conf/algo/``, not the trainer).
         seed: seed of the training users; DDP rank r uses ``seed + r``.
+
+    Under DDP (``hardware=ddp`` / ``ddp_cpu``) every rank runs its own collector on its own
+    users, all ranks collect rollouts of the same size in lockstep, and ``frames`` counts the
+    frames of *all* ranks (so frame budgets in the config mean total frames, whatever the number
+    of devices). ``item_clicks`` counts this rank's clicks during training and is summed over
+    ranks (all-reduce) when a checkpoint is written and when training ends.
     """
 
     def __init__(
@@ -74,6 +87,13 @@ class RecommenderModule(L.LightningModule):
         self.register_buffer("frames", torch.zeros((), dtype=torch.long))
         self._last_rollout_time: float | None = None
         self.frames_per_s: float | None = None
+        self.local_frames = 0  # frames this rank collected in this process
+        self._first_rollout: dict[str, Tensor] | None = None  # for the test-only rank dump
+
+    @property
+    def world_size(self) -> int:
+        """Number of DDP processes training together (1 without a trainer or without DDP)."""
+        return self._trainer.world_size if self._trainer is not None else 1
 
     # -- what an algorithm provides ---------------------------------------------------------
     @property
@@ -116,6 +136,10 @@ class RecommenderModule(L.LightningModule):
     def _make_collector(self) -> Collector:
         # The rank is read here, in the training process, not in a DataLoader worker.
         env = self.make_env(self.num_envs, seed=self.seed + self.global_rank)
+        if self.world_size > 1:
+            # Exploration noise too is rank's own (Lightning seeds every rank alike); DDP has
+            # already made the weights equal. A single process keeps the run seed's stream.
+            torch.manual_seed(self.seed + self.global_rank)
         return Collector(
             env,
             self.collection_policy,
@@ -132,14 +156,53 @@ class RecommenderModule(L.LightningModule):
         """
         clicked_items = rollout["action"][rollout["next", "click"]]
         self.item_clicks += torch.bincount(clicked_items, minlength=self.item_clicks.numel())
-        self.frames += rollout.numel()
+        if self._first_rollout is None and os.environ.get(RANK_DUMP_ENV):
+            self._first_rollout = {
+                "action": rollout["action"].clone(), "reward": rollout["next", "reward"].clone(),
+            }
+        # Every rank collects a rollout of this size at the same time: the total is exact
+        # without a collective per rollout.
+        self.frames += rollout.numel() * self.world_size
+        self.local_frames += rollout.numel()
         now = time.perf_counter()
         if self._last_rollout_time is not None:
-            # CleanRL's SPS: environment frames per second of wall time, collection + training.
+            # CleanRL's SPS: environment frames per second of wall time, collection + training
+            # (all ranks together).
             # Logged from training_step: Lightning accepts self.log only inside its hooks.
-            self.frames_per_s = rollout.numel() / (now - self._last_rollout_time)
+            self.frames_per_s = rollout.numel() * self.world_size / (now - self._last_rollout_time)
         self._last_rollout_time = now
         yield from self.rollout_to_batches(rollout)
+
+    def total_item_clicks(self) -> Tensor:
+        """Item clicks summed over all DDP ranks (a collective: call on every rank)."""
+        clicks = self.item_clicks.clone()
+        if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(clicks, op=torch.distributed.ReduceOp.SUM)
+        return clicks
+
+    def on_train_start(self) -> None:
+        # On resume every rank loads the total click counts: only rank 0 carries them on.
+        if self.global_rank > 0:
+            self.item_clicks.zero_()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning builds the checkpoint on every rank (rank 0 writes it): all ranks reduce.
+        if self.world_size > 1 and "state_dict" in checkpoint:
+            checkpoint["state_dict"]["item_clicks"] = self.total_item_clicks()
+
+    def on_train_end(self) -> None:
+        # The most-popular baseline of the final evaluation (rank 0) uses every rank's clicks.
+        if self.world_size > 1:
+            self.item_clicks.copy_(self.total_item_clicks())
+        if os.environ.get(RANK_DUMP_ENV) and self._trainer is not None:
+            path = Path(self.trainer.default_root_dir) / f"rank{self.global_rank}.pt"
+            torch.save({
+                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                "local_frames": self.local_frames,
+                "frames": int(self.frames),
+                "world_size": self.world_size,
+                "first_rollout": self._first_rollout,
+            }, path)
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None

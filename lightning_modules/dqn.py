@@ -148,8 +148,11 @@ class DQNModule(RecommenderModule):
         # Adam thousands of steps just to reach the right magnitude. Greedy actions are unchanged.
         transitions["next", "reward"] = transitions["next", "reward"] * self.hparams.reward_scale
         self.replay_buffer.extend(transitions)
-        self.exploration.step(rollout.numel())
-        if len(self.replay_buffer) < self.hparams.learning_starts:
+        # eps_annealing_frames and learning_starts count the frames of all DDP ranks together
+        # (each rank holds its own replay buffer of its own frames; see RecommenderModule).
+        world_size = self.world_size
+        self.exploration.step(rollout.numel() * world_size)
+        if len(self.replay_buffer) * world_size < self.hparams.learning_starts:
             return
         for _ in range(self.hparams.updates_per_batch):
             yield self.replay_buffer.sample()

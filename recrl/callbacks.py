@@ -45,6 +45,9 @@ class PeriodicEvaluation(EveryNSteps):
     training seed), so the curve shows the policy changing, not the users. Logs ``val/*``
     against the optimiser step, with the environment frame count as ``val/frames``, and keeps the
     curve (``self.curve``) for the run's plot. Also evaluates once before training starts.
+
+    Under DDP the weights of every rank are equal, so rank 0 alone evaluates (the curve, the
+    logs and the plot are rank 0's) while the other ranks wait for it at a barrier.
     """
 
     def __init__(self, every_n_steps: int, num_users: int, seed: int, max_steps: int) -> None:
@@ -58,6 +61,14 @@ class PeriodicEvaluation(EveryNSteps):
         self.curve: list[dict[str, float]] = []
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.world_size > 1:
+            if trainer.is_global_zero:
+                self._evaluate_here(trainer, pl_module)
+            trainer.strategy.barrier("PeriodicEvaluation")
+        else:
+            self._evaluate_here(trainer, pl_module)
+
+    def _evaluate_here(self, trainer: L.Trainer, pl_module: Any) -> None:
         env = pl_module.make_env(self.num_users, seed=self.seed, split="heldout")
         metrics = evaluate_policy(env, pl_module.greedy_policy, max_steps=self.max_steps)
         point = {"step": trainer.global_step, "frames": int(pl_module.frames), **metrics}

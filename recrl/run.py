@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -53,21 +55,35 @@ class ConfigurationError(Exception):
     """A configuration that cannot run; its message names the setting and the fix."""
 
 
+def is_ddp_strategy(strategy: Any) -> bool:
+    """``trainer.strategy`` runs one process per device with DDP ("ddp", "ddp_spawn", ... or a
+    ``DDPStrategy`` config, as in hardware=ddp / ddp_cpu)."""
+    if isinstance(strategy, str):
+        return strategy.startswith("ddp")
+    target = strategy.get("_target_", "") if isinstance(strategy, (DictConfig, dict)) else ""
+    return str(target).endswith("DDPStrategy")
+
+
 def check_hardware(trainer_cfg: DictConfig) -> None:
     """Fails early, with the fix, when the trainer asks for devices this machine does not have."""
     accelerator = str(trainer_cfg.get("accelerator", "cpu"))
     devices = trainer_cfg.get("devices", 1)
+    num_nodes = trainer_cfg.get("num_nodes", 1)
+    if not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ConfigurationError(f"trainer.num_nodes={num_nodes!r}: give a number of machines >= 1")
     if accelerator in ("gpu", "cuda"):
         available = torch.cuda.device_count()
-        wanted = available if devices in (-1, "auto") else devices
+        wanted = available if devices in (-1, "-1", "auto") else devices
         if not isinstance(wanted, int):
             raise ConfigurationError(
                 f"trainer.devices={devices!r}: give a number of GPUs (or -1 for all of them)"
             )
         if available == 0:
+            asked = "all visible GPUs" if devices in (-1, "-1", "auto") else f"{wanted} GPU(s)"
             raise ConfigurationError(
-                f"trainer.accelerator={accelerator} asks for {wanted} GPU(s) but this machine has "
-                "none visible to PyTorch; use hardware=cpu"
+                f"trainer.accelerator={accelerator} asks for {asked} but this machine has "
+                "none visible to PyTorch; use hardware=cpu (or hardware=ddp_cpu for several "
+                "CPU processes)"
             )
         if wanted > available:
             raise ConfigurationError(
@@ -75,14 +91,22 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
                 f"use trainer.devices={available} or fewer"
             )
     elif accelerator == "cpu":
-        if devices not in (1, "1", "auto"):
+        processes = 1 if devices == "auto" else devices
+        if isinstance(processes, str) and processes.isdigit():
+            processes = int(processes)
+        if not isinstance(processes, int) or processes < 1:
             raise ConfigurationError(
-                f"trainer.devices={devices} with accelerator=cpu: recrl trains on one CPU process "
-                "for now; use trainer.devices=1 (multi-process training comes with hardware=ddp_cpu)"
+                f"trainer.devices={devices!r} with accelerator=cpu: give a number of processes >= 1"
+            )
+        if (processes > 1 or num_nodes > 1) and not is_ddp_strategy(trainer_cfg.get("strategy")):
+            raise ConfigurationError(
+                f"trainer.devices={devices} trainer.num_nodes={num_nodes} with accelerator=cpu "
+                f"needs DDP; use hardware=ddp_cpu trainer.devices={processes}"
             )
     elif accelerator != "auto":
         raise ConfigurationError(
-            f"trainer.accelerator={accelerator!r} is not supported; use hardware=cpu or hardware=gpu"
+            f"trainer.accelerator={accelerator!r} is not supported; use hardware=cpu, gpu, ddp "
+            "or ddp_cpu"
         )
 
 
@@ -247,11 +271,24 @@ def format_ranking_table(ranking: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pin_sweep_folder_for_ddp_processes() -> None:
+    """In a multirun, Lightning's ``ddp`` re-runs our command line (with ``-m``) for every extra
+    process, which would resolve ``${now:...}`` again and start a second sweep folder. The
+    re-run gets this sweep's folder on its command line, so all processes share one."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    pinned = f'hydra.sweep.dir="{hydra_cfg.sweep.dir}"'
+    if not any(arg.startswith("hydra.sweep.dir=") for arg in sys.argv):
+        sys.argv.append(pinned)
+
+
 def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """One complete run; returns what ``results.json`` holds."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module, trainer, evaluation, sequences = build(cfg, output_dir)
     started = time.perf_counter()
+    pin_sweep_folder_for_ddp_processes()
     trainer.fit(module)
     if not trainer.is_global_zero:
         return {}

@@ -1,0 +1,134 @@
+"""Two-process DDP on CPU (hardware=ddp_cpu): ranks step together, agree on weights, differ in data.
+
+Lightning's ``ddp`` re-executes the command line for every extra process, so training runs as a
+subprocess (``run_recrl``). Each rank writes a test-only dump (``RECRL_TEST_DUMP_RANKS``, see
+``lightning_modules/base.py``): its final weights, its own frame count and its first rollout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.base import RANK_DUMP_ENV
+from tests.conftest import REPO_ROOT, run_recrl
+
+WORLD_SIZE = 2
+
+#: Frames one rank collects in a debug=smoke run of 20 optimiser steps (one prefetched rollout
+#: more or not). DQN: 16-frame rollouts; algo.learning_starts=32 counts the frames of both ranks,
+#: so updates (2 per rollout) start after the first rollout -> 10-11 rollouts. PPO: 32-frame
+#: rollouts, 4 minibatches each -> 5-6 rollouts, as in a single process.
+RANK_FRAMES = {"dqn": (160, 176), "ppo": (160, 192)}
+
+
+@pytest.fixture(scope="module", params=sorted(RANK_FRAMES))
+def algo(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory, algo: str) -> Path:
+    run_dir = tmp_path_factory.mktemp(f"ddp_{algo}") / "run"
+    os.environ[RANK_DUMP_ENV] = "1"  # inherited by the subprocess and by its rank-1 re-run
+    try:
+        proc = run_recrl(
+            run_dir, "debug=smoke", f"algo={algo}", "hardware=ddp_cpu",
+            f"trainer.devices={WORLD_SIZE}", timeout=400,
+        )
+    finally:
+        del os.environ[RANK_DUMP_ENV]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def rank_dumps(run_dir: Path) -> list[dict]:
+    return [torch.load(run_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
+
+
+def test_ddp_writes_one_run_folder_with_one_result(ddp_run: Path) -> None:
+    # Rank 1 re-runs the command line: it must write into rank 0's run folder, not a new one.
+    assert [p.name for p in ddp_run.parent.iterdir()] == ["run"]
+    assert len(list(ddp_run.parent.rglob("results.json"))) == 1
+    assert len(list(ddp_run.parent.rglob("config.yaml"))) == 1  # one .hydra/
+    assert (ddp_run / "checkpoints" / "last.ckpt").is_file()
+    assert (ddp_run / "evaluation_return.png").is_file()
+    assert not (ddp_run / "FAILED").exists()
+
+
+def test_ddp_both_ranks_step_and_frames_are_total(ddp_run: Path, algo: str) -> None:
+    dumps = rank_dumps(ddp_run)
+    results = json.loads((ddp_run / "results.json").read_text())
+    assert results["optimizer_steps"] == 20
+    low, high = RANK_FRAMES[algo]
+    for dump in dumps:
+        assert dump["world_size"] == WORLD_SIZE
+        assert low <= dump["local_frames"] <= high
+    assert results["frames"] == sum(d["local_frames"] for d in dumps)
+    assert all(d["frames"] == results["frames"] for d in dumps)
+
+
+def test_ddp_ranks_share_weights_but_not_trajectories(ddp_run: Path) -> None:
+    first, second = rank_dumps(ddp_run)
+    assert first["state_dict"].keys() == second["state_dict"].keys()
+    different = [k for k, v in first["state_dict"].items() if not torch.equal(v, second["state_dict"][k])]
+    assert different == []
+    # Each rank simulates its own users (seed + rank): the first rollouts already differ.
+    rollout_0, rollout_1 = first["first_rollout"], second["first_rollout"]
+    assert not torch.equal(rollout_0["reward"], rollout_1["reward"])
+
+
+def test_ddp_popular_baseline_counts_every_ranks_clicks(ddp_run: Path) -> None:
+    ckpt = torch.load(ddp_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    first, second = rank_dumps(ddp_run)
+    # Reduced at the end of training on every rank, and in the checkpoint rank 0 writes.
+    assert torch.equal(first["state_dict"]["item_clicks"], second["state_dict"]["item_clicks"])
+    assert torch.equal(ckpt["state_dict"]["item_clicks"], first["state_dict"]["item_clicks"])
+    assert ckpt["state_dict"]["frames"].item() == first["frames"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.devices=2"], "hardware=ddp_cpu"),
+        (["hardware=ddp"], "GPU"),
+    ],
+)
+def test_ddp_bad_hardware_ends_with_one_clear_error(
+    tmp_path: Path, overrides: list[str], expected: str
+) -> None:
+    proc = run_recrl(tmp_path / "run", "debug=smoke", *overrides, timeout=120)
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_ddp_multirun_leaves_one_sweep_folder_with_complete_jobs(tmp_path: Path) -> None:
+    # Run from an empty folder with the default sweep folder (outputs/multirun/<date>/<time>),
+    # the one rank 1's re-run would resolve anew: it must land in rank 0's sweep folder.
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", RANK_DUMP_ENV: "1",
+           "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "recrl.run", "-m", "debug=smoke", "algo=dqn", "hardware=ddp_cpu",
+         f"trainer.devices={WORLD_SIZE}", "seed=0,1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweeps = [p for p in (tmp_path / "outputs" / "multirun").glob("*/*") if p.is_dir()]
+    assert len(sweeps) == 1, sweeps
+    assert sorted(p.name for p in sweeps[0].iterdir() if p.is_dir()) == ["0", "1"]
+    assert len(list(tmp_path.rglob("results.json"))) == 2
+    for job, seed in (("0", 0), ("1", 1)):
+        job_dir = sweeps[0] / job
+        results = json.loads((job_dir / "results.json").read_text())
+        assert results["seed"] == seed and results["optimizer_steps"] == 20
+        assert (job_dir / "checkpoints" / "last.ckpt").is_file()
+        first, second = rank_dumps(job_dir)
+        assert results["frames"] == first["local_frames"] + second["local_frames"]
+        assert all(torch.equal(v, second["state_dict"][k]) for k, v in first["state_dict"].items())
