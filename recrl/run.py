@@ -330,6 +330,11 @@ def main(cfg: DictConfig) -> float | None:
         results = train(cfg, output_dir)
     except ConfigurationError as err:
         (output_dir / FAILURE_FILE).write_text(f"configuration error: {err}\n")
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # An ordinary exception: Hydra marks this job failed and runs the sweep's other jobs
+            # (Optuna records a failed trial); SystemExit would end the whole sweep here.
+            print(f"recrl: configuration error: {err}", file=sys.stderr)
+            raise
         # One line, no traceback: the message already names the setting and the fix.
         raise SystemExit(f"recrl: configuration error: {err}") from None
     except BaseException as err:

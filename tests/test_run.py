@@ -105,3 +105,14 @@ def test_bad_input_ends_with_one_clear_error(
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert not (run_dir / "results.json").exists()
+
+
+def test_a_bad_job_in_a_sweep_fails_alone(tmp_path: Path) -> None:
+    """A configuration error ends its own multirun job (FAILED, no results.json), not the sweep."""
+    sweep = tmp_path / "sweep"
+    proc = run_recrl(tmp_path / "unused", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep}",
+                     "debug=smoke", "env.num_items=-5,60", timeout=300)
+    assert proc.returncode != 0  # the sweep as a whole reports the failure
+    assert "env.num_items" in proc.stderr or "num_items" in proc.stderr
+    assert (sweep / "0" / "FAILED").is_file() and not (sweep / "0" / "results.json").exists()
+    assert (sweep / "1" / "results.json").is_file()  # the next job still ran
