@@ -120,6 +120,12 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("num_users", "final_num_users", "every_n_steps", "max_steps"):
         if cfg.evaluation[key] < 1:
             raise ConfigurationError(f"evaluation.{key} must be >= 1, got {cfg.evaluation[key]}")
+    if cfg.trainer.get("gradient_clip_val") is not None:
+        # The modules clip in configure_gradient_clipping: a trainer value would be ignored.
+        raise ConfigurationError(
+            f"trainer.gradient_clip_val={cfg.trainer.gradient_clip_val}: gradient clipping is the "
+            "algorithm's; set algo.max_grad_norm instead"
+        )
     check_hardware(cfg.trainer)
 
 

@@ -94,6 +94,7 @@ def test_same_seed_same_metrics(smoke_run: Path, algo: str, tmp_path: Path) -> N
         (["algo=pretrain"], "learns from logged sequences"),
         (["encoder.init_from=/nonexistent.ckpt"], "encoder.init_from"),
         (["encoder=bert_text"], "needs item text"),
+        (["trainer.gradient_clip_val=1.0"], "algo.max_grad_norm"),
     ],
 )
 def test_bad_input_ends_with_one_clear_error(
