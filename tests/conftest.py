@@ -49,6 +49,32 @@ def run_recrl(run_dir: Path, *overrides: str, timeout: float = 600) -> subproces
     )
 
 
+def run_recrl_in_process(run_dir: Path, *overrides: str) -> str | None:
+    """Runs ``recrl.run.main`` in this process on a config composed like the CLI's.
+
+    For the many bad-input cases: the same code path as ``python -m recrl.run`` after Hydra has
+    parsed the command line, without paying a Python start-up and the imports (~15 s) per
+    case. Returns the ``SystemExit`` message of a run that ends with one, else None.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import recrl.run
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        recrl.run.main.__wrapped__(cfg)  # the function under @hydra.main
+    except SystemExit as exit_:
+        return str(exit_.code)
+    return None
+
+
 def masked_observation(module, num_users: int) -> TensorDictBase:
     """A reset observation of ``module``'s environment whose mask allows only items 7 and 9."""
     td = module.make_env(num_users, seed=0).reset()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_recrl
+from tests.conftest import run_recrl, run_recrl_in_process
 
 METRIC_KEYS = {"return_mean", "return_ci95", "clicks_mean", "ctr", "episode_length", "coverage"}
 
@@ -78,25 +78,29 @@ def test_same_seed_same_metrics(smoke_run: Path, algo: str, tmp_path: Path) -> N
     assert first["baselines"] == second["baselines"]
 
 
-@pytest.mark.parametrize(
-    ("overrides", "expected"),
-    [
-        (["algo=nonexistent"], "algo"),
-        (["env.num_items=-5"], "num_items"),
-        (["env.history_length=0"], "history_length"),
-        (["hardware=gpu"], "GPU"),
-        (["trainer.accelerator=gpu", "trainer.devices=4"], "GPU"),
-        (["trainer.devices=4"], "trainer.devices=4"),
-        (["trainer.max_steps=0"], "trainer.max_steps"),
-        (["algo=ppo", "algo.minibatch_size=100000"], "algo.minibatch_size"),
-        (["algo=ppo", "algo.advantages=never"], "algo.advantages"),
-        (["env=ml100k", "env.path=/nonexistent/ml-100k"], "python -m recrl.data download"),
-        (["algo=pretrain"], "learns from logged sequences"),
-        (["encoder.init_from=/nonexistent.ckpt"], "encoder.init_from"),
-        (["encoder=bert_text"], "needs item text"),
-        (["trainer.gradient_clip_val=1.0"], "algo.max_grad_norm"),
-    ],
-)
+#: Bad input the CLI must refuse with one line: (overrides, a phrase the message must contain).
+BAD_INPUT = [
+    (["algo=nonexistent"], "algo"),
+    (["env.num_items=-5"], "num_items"),
+    (["env.history_length=0"], "history_length"),
+    (["hardware=gpu"], "GPU"),
+    (["trainer.accelerator=gpu", "trainer.devices=4"], "GPU"),
+    (["trainer.devices=4"], "trainer.devices=4"),
+    (["trainer.max_steps=0"], "trainer.max_steps"),
+    (["algo=ppo", "algo.minibatch_size=100000"], "algo.minibatch_size"),
+    (["algo=ppo", "algo.advantages=never"], "algo.advantages"),
+    (["env=ml100k", "env.path=/nonexistent/ml-100k"], "python -m recrl.data download"),
+    (["algo=pretrain"], "learns from logged sequences"),
+    (["encoder.init_from=/nonexistent.ckpt"], "encoder.init_from"),
+    (["encoder=bert_text"], "needs item text"),
+    (["trainer.gradient_clip_val=1.0"], "algo.max_grad_norm"),
+]
+#: The cases also run through a real ``python -m recrl.run`` process: an unknown config choice
+#: (Hydra's own error path), a value a component rejects, and hardware this machine lacks.
+BAD_INPUT_CLI = [0, 1, 3]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [BAD_INPUT[i] for i in BAD_INPUT_CLI])
 def test_bad_input_ends_with_one_clear_error(
     tmp_path: Path, overrides: list[str], expected: str
 ) -> None:
@@ -105,6 +109,23 @@ def test_bad_input_ends_with_one_clear_error(
     assert proc.returncode != 0
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+    assert not (run_dir / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [case for i, case in enumerate(BAD_INPUT) if i not in BAD_INPUT_CLI and i != 0],
+)
+def test_bad_value_ends_with_one_configuration_error(
+    tmp_path: Path, overrides: list[str], expected: str
+) -> None:
+    """Every bad value through the run's own entry function (composed as the CLI would):
+    a one-line ``recrl: configuration error: ...`` exit, FAILED written, no results."""
+    run_dir = tmp_path / "run"
+    message = run_recrl_in_process(run_dir, "debug=smoke", *overrides)
+    assert message is not None and message.startswith("recrl: configuration error:"), message
+    assert expected in message
+    assert (run_dir / "FAILED").is_file()
     assert not (run_dir / "results.json").exists()
 
 
