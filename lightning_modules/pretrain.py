@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_modules.base import EnvFactory
-from recrl.data import Sequences
+from recrl.data import Sequences, window_positions
 from recrl.encoders import HistoryEncoder, ItemScorer
 from recrl.envs.base import CLICKED, PADDING
 from recrl.envs.logged import MAX_RATING
@@ -62,11 +62,7 @@ class TrainingWindows:
         """Logged ratings of the training part (the env's convention: MAX_RATING without any)."""
         if sequences.ratings is None:
             return torch.full((int(train_lengths.sum()),), MAX_RATING)
-        position = torch.arange(sequences.num_interactions) - torch.repeat_interleave(
-            sequences.offsets[:-1], sequences.lengths
-        )
-        keep = position < torch.repeat_interleave(train_lengths, sequences.lengths)
-        return sequences.ratings[keep]
+        return sequences.ratings[sequences.training_part()]
 
     def __len__(self) -> int:
         return self.targets.numel()
@@ -74,10 +70,7 @@ class TrainingWindows:
     def batch(self, index: Tensor) -> dict[str, Tensor]:
         """Windows ``[B, L]`` (items, responses, watch times) and next items ``[B]``."""
         target = self.targets[index]  # [B]
-        offset = torch.arange(-self.history_length, 0)  # [L]
-        source = target[:, None] + offset  # [B, L]
-        valid = source >= self.user_start[index][:, None]
-        source = source.clamp(min=0)
+        source, valid = window_positions(self.user_start[index], target, self.history_length)
         history = torch.where(valid, self.items[source], PADDING)
         return {
             "history": history,

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from recrl.data import Sequences
+from recrl.data import Sequences, window_positions
 from recrl.envs.base import CLICKED, PADDING
 from recrl.envs.logged import MAX_RATING
 
@@ -111,11 +111,7 @@ def leave_one_out_inputs(sequences: Sequences, history_length: int, target: str 
     """
     users = _select_users(sequences, users)
     end = _target_positions(sequences, users, target)  # [U], exclusive end of the window
-    count = (end - sequences.offsets[users]).clamp(max=history_length)  # [U]
-    position = torch.arange(history_length)  # [L]
-    pad = (history_length - count)[:, None]  # [U, 1]
-    valid = position[None, :] >= pad  # [U, L]
-    source = (end[:, None] - history_length + position[None, :]).clamp(min=0)  # [U, L]
+    source, valid = window_positions(sequences.offsets[users], end, history_length)  # [U, L]
     history = torch.where(valid, sequences.items[source], 0)
     response = torch.where(valid, CLICKED, PADDING)
     if sequences.ratings is not None:

@@ -1,7 +1,9 @@
 """Real interaction logs: readers for common formats, preprocessing, splits and downloads."""
 
 from recrl.data.formats import DataFormatError, RawLog, read_log
-from recrl.data.preprocess import PreprocessConfig, Sequences, load_sequences, preprocess
+from recrl.data.preprocess import (
+    PreprocessConfig, Sequences, load_sequences, preprocess, window_positions,
+)
 
 __all__ = ["DataFormatError", "PreprocessConfig", "RawLog", "Sequences", "load_sequences",
-           "preprocess", "read_log"]
+           "preprocess", "read_log", "window_positions"]

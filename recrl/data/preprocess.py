@@ -95,23 +95,39 @@ class Sequences:
     def leave_one_out(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(train_items, train_offsets, valid_item, test_item)``: per user, the last item is the
         test target, the one before it the validation target, the rest the training sequence."""
-        lengths = self.lengths
         last = self.offsets[1:] - 1
         test_item = self.items[last]
         valid_item = self.items[last - 1]
-        train_lengths = lengths - 2
+        train_lengths = self.lengths - 2
         train_offsets = torch.cat([torch.zeros(1, dtype=torch.long), train_lengths.cumsum(0)])
+        return self.items[self.training_part()], train_offsets, valid_item, test_item
+
+    def training_part(self) -> Tensor:
+        """``[I]`` bool: the interactions of each user's leave-one-out training sequence (all
+        but the last two), for arrays aligned with ``items`` such as ``ratings``."""
+        lengths = self.lengths
         position = torch.arange(self.items.numel()) - torch.repeat_interleave(
             self.offsets[:-1], lengths
         )
-        keep = position < torch.repeat_interleave(train_lengths, lengths)
-        return self.items[keep], train_offsets, valid_item, test_item
+        return position < torch.repeat_interleave(lengths - 2, lengths)
 
     def state_dict(self) -> dict[str, Tensor | int | list[str] | None]:
         return {"items": self.items, "offsets": self.offsets, "num_items": self.num_items,
                 "item_raw_ids": self.item_raw_ids, "user_raw_ids": self.user_raw_ids,
                 "heldout_users": self.heldout_users, "ratings": self.ratings,
                 "item_texts": self.item_texts}
+
+
+def window_positions(start: Tensor, end: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """The flat positions ``[B, L]`` of the (at most) ``length`` items right before ``end``
+    (exclusive) and not before ``start``, right-aligned as the encoders read a history, and
+    where they are valid (False: left padding). One gather cuts every window of a batch.
+
+    ``start``/``end`` are ``[B]`` positions in a CSR item array (a user's first item, a target).
+    """
+    source = end[:, None] - length + torch.arange(length, device=end.device)[None, :]  # [B, L]
+    valid = source >= start[:, None]
+    return source.clamp(min=0), valid
 
 
 def implicit_feedback(frame: pd.DataFrame, min_rating: float | None) -> pd.DataFrame:
