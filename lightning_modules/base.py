@@ -23,6 +23,7 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from recrl.checkpointing import RESUME_KEY
 from recrl.collect import RolloutStream, rollout_dataloader
 from recrl.encoders import HistoryEncoder
 
@@ -55,6 +56,10 @@ class RecommenderModule(L.LightningModule):
     frames of *all* ranks (so frame budgets in the config mean total frames, whatever the number
     of devices). ``item_clicks`` counts this rank's clicks during training and is summed over
     ranks (all-reduce) when a checkpoint is written and when training ends.
+
+    Checkpoints (single process) also hold, under ``recrl.checkpointing.RESUME_KEY``, the
+    training stream's position and the algorithm's own state (``resume_state``), so that a run
+    resumed from one goes on exactly as the saved run would have (docs/resuming.md).
     """
 
     def __init__(
@@ -89,6 +94,11 @@ class RecommenderModule(L.LightningModule):
         self.frames_per_s: float | None = None
         self.local_frames = 0  # frames this rank collected in this process
         self._first_rollout: dict[str, Tensor] | None = None  # for the test-only rank dump
+        #: Loss terms of the current training step (``log_loss``), checked for NaN / inf before
+        #: the optimiser applies the step (recrl.checkpointing.NonFiniteGuard).
+        self.step_losses: dict[str, Tensor] = {}
+        self._stream: RolloutStream | None = None  # the live training stream
+        self._stream_resume: dict | None = None  # its saved position, from a checkpoint
 
     @property
     def world_size(self) -> int:
@@ -110,6 +120,22 @@ class RecommenderModule(L.LightningModule):
         """Turns one collected rollout ``[num_envs, steps]`` into training batches."""
         raise NotImplementedError
 
+    def batching_state(self) -> dict | None:
+        """Where ``rollout_to_batches`` stands inside the current rollout (plain data), for
+        checkpoints; None when a rollout's batches never depend on anything but the rollout."""
+        return None
+
+    def resume_batching(self, state: dict) -> Iterator[TensorDictBase]:
+        """Yields the batches of the interrupted rollout that ``state`` had not reached yet."""
+        return iter(())
+
+    def resume_state(self) -> dict:
+        """The algorithm's own state for an exact resume (plain data); subclasses add to it."""
+        return {}
+
+    def load_resume_state(self, state: dict) -> None:
+        """Restores what ``resume_state`` returned."""
+
     #: Where the greedy policy writes its score of every item (Q-values, logits, ...).
     score_key: str = "action_value"
 
@@ -128,6 +154,11 @@ class RecommenderModule(L.LightningModule):
             return self.greedy_policy(td)[self.score_key]
 
     # -- shared plumbing ---------------------------------------------------------------------
+    def log_loss(self, name: str, value: Tensor, **kwargs) -> None:
+        """``self.log`` for a loss term, which is also checked for NaN / inf before the step."""
+        self.step_losses[name] = value.detach()
+        self.log(name, value, **kwargs)
+
     def make_env(self, num_users: int, seed: int, split: str = "train") -> EnvBase:
         """``split``: "train" users for training, "heldout" users for evaluation (simulators
         of logged data keep them apart; synthetic users are fresh draws either way)."""
@@ -135,11 +166,17 @@ class RecommenderModule(L.LightningModule):
 
     def _make_collector(self) -> Collector:
         # The rank is read here, in the training process, not in a DataLoader worker.
-        env = self.make_env(self.num_envs, seed=self.seed + self.global_rank)
+        seed = self.seed + self.global_rank
+        if self.world_size > 1 and self._trainer is not None:
+            # A DDP run resumed at step s starts fresh users (the ranks' streams are not in the
+            # checkpoint): new seeds, distinct across ranks and resume points; at step 0 the
+            # same as before.
+            seed += self.world_size * self.trainer.global_step
+        env = self.make_env(self.num_envs, seed=seed)
         if self.world_size > 1:
             # Exploration noise too is rank's own (Lightning seeds every rank alike); DDP has
             # already made the weights equal. A single process keeps the run seed's stream.
-            torch.manual_seed(self.seed + self.global_rank)
+            torch.manual_seed(seed)
         return Collector(
             env,
             self.collection_policy,
@@ -185,10 +222,29 @@ class RecommenderModule(L.LightningModule):
         if self.global_rank > 0:
             self.item_clicks.zero_()
 
+    def on_train_batch_start(self, batch: TensorDictBase, batch_idx: int) -> None:
+        if self._stream is not None:
+            self._stream.mark_consumed()
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning builds the checkpoint on every rank (rank 0 writes it): all ranks reduce.
         if self.world_size > 1 and "state_dict" in checkpoint:
             checkpoint["state_dict"]["item_clicks"] = self.total_item_clicks()
+        if self.world_size > 1:
+            # Each rank has its own stream and replay buffer; only rank 0's would be written.
+            # A resumed DDP run restores weights, optimiser and counters and starts fresh users.
+            return
+        state = self.resume_state()
+        if self._stream is not None and self._stream.running:
+            state["stream"] = self._stream.state_dict()
+        checkpoint[RESUME_KEY] = state
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get(RESUME_KEY)
+        if state is None or self.world_size > 1:
+            return
+        self.load_resume_state(state)
+        self._stream_resume = state.get("stream")
 
     def on_train_end(self) -> None:
         # The most-popular baseline of the final evaluation (rank 0) uses every rank's clicks.
@@ -211,6 +267,20 @@ class RecommenderModule(L.LightningModule):
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
         self.log("train/grad_norm", norm)
 
+    def adamw(self, lr: float, weight_decay: float, anneal_lr: bool) -> dict:
+        """AdamW over all parameters; with ``anneal_lr`` the rate decays linearly to 0 over
+        ``trainer.max_steps`` (Schulman et al. 2017; CleanRL's default), which settles the
+        greedy policy of a long run instead of leaving it to jump between evaluations."""
+        # A DQN target network lives in its loss module as buffers, so it is not among these.
+        optimizer = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+        if not anneal_lr:
+            return {"optimizer": optimizer}
+        total_steps = max(1, self.trainer.max_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: max(0.0, 1.0 - step / total_steps)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
     def log_progress(self) -> None:
         """Logs frames collected and collection speed; call from ``training_step``."""
         self.log("train/frames", self.frames.float(), prog_bar=True)
@@ -218,4 +288,12 @@ class RecommenderModule(L.LightningModule):
             self.log("train/frames_per_s", self.frames_per_s)
 
     def train_dataloader(self) -> DataLoader:
-        return rollout_dataloader(RolloutStream(self._make_collector, self._count_and_batch))
+        stream = RolloutStream(
+            self._make_collector, self._count_and_batch,
+            batching_state=self.batching_state, resume_batching=self.resume_batching,
+        )
+        if self._stream_resume is not None:
+            stream.load_state_dict(self._stream_resume)
+            self._stream_resume = None
+        self._stream = stream
+        return rollout_dataloader(stream)

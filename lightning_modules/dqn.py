@@ -28,6 +28,7 @@ from torchrl.modules import EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
 
 from lightning_modules.base import HISTORY_KEYS, EnvFactory, RecommenderModule
+from recrl.checkpointing import load_replay_buffer_state, replay_buffer_state
 from recrl.encoders import HistoryEncoder, HistoryScorer, ItemScorer
 
 
@@ -59,6 +60,7 @@ class DQNModule(RecommenderModule):
         loss_function: str = "smooth_l1",
         lr: float = 3e-4,
         weight_decay: float = 0.0,
+        anneal_lr: bool = False,
         max_grad_norm: float = 10.0,
         target_update: str = "soft",
         target_tau: float = 0.005,
@@ -127,6 +129,8 @@ class DQNModule(RecommenderModule):
             batch_size=batch_size,
             priority_key="td_error",
         )
+        self._updates_left = 0  # replay updates still to come from the current rollout
+        self._priority_batch: TensorDictBase | None = None  # its TD errors update priorities
 
     @property
     def greedy_policy(self) -> QValueActor:
@@ -154,8 +158,36 @@ class DQNModule(RecommenderModule):
         self.exploration.step(rollout.numel() * world_size)
         if len(self.replay_buffer) * world_size < self.hparams.learning_starts:
             return
-        for _ in range(self.hparams.updates_per_batch):
+        self._updates_left = self.hparams.updates_per_batch
+        yield from self._replay_batches()
+
+    def _replay_batches(self) -> Iterator[TensorDictBase]:
+        """The current rollout's replay updates; each batch is sampled when it is asked for."""
+        while self._updates_left > 0:
+            self._updates_left -= 1
             yield self.replay_buffer.sample()
+
+    # -- exact resume: the replay buffer, the target-update counter, the rollout's updates left -
+    def batching_state(self) -> dict:
+        return {"updates_left": self._updates_left}
+
+    def resume_batching(self, state: dict) -> Iterator[TensorDictBase]:
+        self._updates_left = int(state["updates_left"])
+        return self._replay_batches()
+
+    def resume_state(self) -> dict:
+        # The online and target networks and epsilon are in the state_dict (parameters and
+        # buffers of policy, loss_module and exploration).
+        return {
+            "replay_buffer": replay_buffer_state(self.replay_buffer),
+            "target_updater": self.target_updater.state_dict(),
+        }
+
+    def load_resume_state(self, state: dict) -> None:
+        if "replay_buffer" in state:
+            load_replay_buffer_state(self.replay_buffer, state["replay_buffer"])
+        if "target_updater" in state:
+            self.target_updater.load_state_dict(state["target_updater"])
 
     def click_loss(self, batch: TensorDictBase) -> torch.Tensor:
         """Binary cross-entropy of the click model on the recommended items."""
@@ -164,25 +196,30 @@ class DQNModule(RecommenderModule):
         return F.binary_cross_entropy_with_logits(logits, batch["clicked"].float())
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> torch.Tensor:
-        td_loss = self.loss_module(batch)["loss"]
+        td_loss = self.loss_module(batch)["loss"]  # writes each transition's "td_error"
         if self.hparams.prioritized:
-            self.replay_buffer.update_tensordict_priority(batch)
+            # Applied with the step (optimizer_step): a step stopped for a NaN leaves the
+            # priorities of the last good state.
+            self._priority_batch = batch
+        self.log_loss("train/td_loss", td_loss, prog_bar=True)
         loss = td_loss
         if self.click_head is not None:
             click_loss = self.click_loss(batch)
             loss = loss + self.hparams.click_loss_weight * click_loss
-            self.log("train/click_loss", click_loss)
-        self.log("train/td_loss", td_loss, prog_bar=True)
-        self.log("train/loss", loss)
+            self.log_loss("train/click_loss", click_loss)
+        self.log_loss("train/loss", loss)
         self.log("train/epsilon", self.exploration.eps)
         self.log_progress()
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Right after the update, before any callback's on_train_batch_end: a checkpoint written
+        # at the end of this step then holds the target network of this step.
         self.target_updater.step()
+        if self._priority_batch is not None:
+            self.replay_buffer.update_tensordict_priority(self._priority_batch)
+            self._priority_batch = None
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        # The target network's copy lives in loss_module as buffers, so it is not among these.
-        return torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+    def configure_optimizers(self) -> dict:
+        return self.adamw(self.hparams.lr, self.hparams.weight_decay, self.hparams.anneal_lr)

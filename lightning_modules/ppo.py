@@ -30,6 +30,7 @@ from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
 from lightning_modules.base import HISTORY_KEYS, EnvFactory, RecommenderModule
+from recrl.checkpointing import td_from_state, td_to_state
 from recrl.encoders import HistoryEncoder, ItemScorer
 
 #: When advantages are computed from the current value head.
@@ -111,6 +112,9 @@ class PPOModule(RecommenderModule):
             loss_critic_type=loss_critic_type,
             normalize_advantage=normalize_advantage,
         )
+        #: Where the minibatches of the current rollout stand (``_minibatches``): the rollout,
+        #: its frames with advantages, the epoch, this epoch's order and the next start.
+        self._cursor: dict | None = None
 
     @property
     def greedy_policy(self) -> TensorDictSequential:
@@ -156,39 +160,69 @@ class PPOModule(RecommenderModule):
         rollout = rollout.exclude("logits")
         # Learn values in scaled units (returns are in the hundreds); advantages are normalised.
         rollout["next", "reward"] = rollout["next", "reward"] * self.hparams.reward_scale
-        num_frames = rollout.numel()
+        self._cursor = {"rollout": rollout, "frames": None, "epoch": 0, "order": None, "start": 0}
+        yield from self._minibatches()
+
+    def _minibatches(self) -> Iterator[TensorDictBase]:
+        """``ppo_epochs`` shuffled passes over the rollout's frames, from where ``_cursor`` stands."""
+        cursor = self._cursor
+        num_frames = cursor["rollout"].numel()
         minibatch_size = self.hparams.minibatch_size
-        for epoch in range(self.hparams.ppo_epochs):
-            if epoch == 0 or self.hparams.advantages == "epoch":
-                # GAE runs along time on [num_envs, steps]; frames are shuffled afterwards.
-                self.compute_advantages(rollout, fresh_states=epoch > 0)
-                frames = rollout.exclude("state", ("next", "state")).reshape(-1)
-            order = torch.randperm(num_frames)
-            for start in range(0, num_frames - minibatch_size + 1, minibatch_size):
-                yield frames[order[start : start + minibatch_size]]
+        while cursor["epoch"] < self.hparams.ppo_epochs:
+            if cursor["order"] is None:  # a new epoch
+                epoch = cursor["epoch"]
+                if epoch == 0 or self.hparams.advantages == "epoch":
+                    # GAE runs along time on [num_envs, steps]; frames are shuffled afterwards.
+                    self.compute_advantages(cursor["rollout"], fresh_states=epoch > 0)
+                    cursor["frames"] = cursor["rollout"].exclude("state", ("next", "state")).reshape(-1)
+                cursor["order"] = torch.randperm(num_frames)
+                cursor["start"] = 0
+            while cursor["start"] + minibatch_size <= num_frames:
+                start = cursor["start"]
+                cursor["start"] = start + minibatch_size
+                yield cursor["frames"][cursor["order"][start : start + minibatch_size]]
+            cursor["epoch"] += 1
+            cursor["order"] = None
+
+    # -- exact resume: where the current rollout's minibatches stand ------------------------
+    def batching_state(self) -> dict | None:
+        cursor = self._cursor
+        if cursor is None:
+            return None
+        # The rollout itself is needed only to recompute advantages at a later epoch.
+        later_gae = self.hparams.advantages == "epoch" and cursor["epoch"] + 1 < self.hparams.ppo_epochs
+        return {
+            "rollout": td_to_state(cursor["rollout"].exclude("state", ("next", "state")))
+            if later_gae else None,
+            "frames": None if cursor["frames"] is None else td_to_state(cursor["frames"]),
+            "epoch": cursor["epoch"],
+            "order": cursor["order"],
+            "start": cursor["start"],
+        }
+
+    def resume_batching(self, state: dict) -> Iterator[TensorDictBase]:
+        rollout = td_from_state(state["rollout"]) if state["rollout"] is not None else None
+        frames = td_from_state(state["frames"]) if state["frames"] is not None else None
+        if rollout is None:  # no advantages to recompute: only the frames' count is read
+            rollout = frames
+        self._cursor = {"rollout": rollout, "frames": frames, "epoch": int(state["epoch"]),
+                        "order": state["order"], "start": int(state["start"])}
+        return self._minibatches()
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> torch.Tensor:
         batch = self.state_encoder(batch)  # once, with gradients; both heads read it
         out = self.loss_module(batch)
         loss = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
-        for key in ("loss_objective", "loss_critic", "loss_entropy", "entropy", "kl_approx",
-                    "clip_fraction", "explained_variance"):
+        for key in ("loss_objective", "loss_critic", "loss_entropy"):
+            if key in out.keys():
+                self.log_loss(f"train/{key}", out[key].detach().float().mean())
+        for key in ("entropy", "kl_approx", "clip_fraction", "explained_variance"):
             if key in out.keys():
                 self.log(f"train/{key}", out[key].detach().float().mean())
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_loss("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         self.log_progress()
         return loss
 
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        if not self.hparams.anneal_lr:
-            return optimizer
-        total_steps = max(1, self.trainer.max_steps)
-        # Linear decay to 0 over the run (Schulman et al. 2017; CleanRL's default).
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(0.0, 1.0 - step / total_steps)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    def configure_optimizers(self) -> dict:
+        return self.adamw(self.hparams.lr, self.hparams.weight_decay, self.hparams.anneal_lr)

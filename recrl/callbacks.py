@@ -15,7 +15,12 @@ from recrl.ranking import evaluate_ranking
 
 class EveryNSteps(L.Callback):
     """Runs ``_evaluate`` before training and every ``every_n_steps`` optimiser steps, keeping
-    the points in ``self.curve`` (checkpointed, so a resumed run does not evaluate twice)."""
+    the points in ``self.curve`` (checkpointed, so a resumed run does not evaluate twice).
+
+    Runs before ModelCheckpoint at the end of a step (Lightning orders checkpoint callbacks
+    last): a checkpoint of step k holds step k's point, and a run resumed from it evaluates next
+    at step k + every_n_steps, as the uninterrupted run does.
+    """
 
     every_n_steps: int
     curve: list[dict[str, float]]
@@ -70,7 +75,14 @@ class PeriodicEvaluation(EveryNSteps):
 
     def _evaluate_here(self, trainer: L.Trainer, pl_module: Any) -> None:
         env = pl_module.make_env(self.num_users, seed=self.seed, split="heldout")
-        metrics = evaluate_policy(env, pl_module.greedy_policy, max_steps=self.max_steps)
+        # Eval mode, as in the final evaluation: no dropout noise, and the global RNG (which
+        # training draws from, and which checkpoints save) is left alone.
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            metrics = evaluate_policy(env, pl_module.greedy_policy, max_steps=self.max_steps)
+        finally:
+            pl_module.train(was_training)
         point = {"step": trainer.global_step, "frames": int(pl_module.frames), **metrics}
         self.curve.append(point)
         # Straight to the loggers, one row per evaluation at its true step: self.log from a

@@ -5,12 +5,17 @@ encoder and algorithm module -> train with Lightning -> evaluate the greedy poli
 baselines on held-out users (and, on logged data, rank every user's leave-one-out test item)
 -> write ``results.json``, the evaluation plot and print a table. ``algo=pretrain`` trains the
 encoder self-supervised instead and reports only the rankings.
+
+``ckpt_path=last`` (with ``hydra.run.dir=<the run folder>``) or ``ckpt_path=<file>`` resumes a run
+exactly where its checkpoint left it (docs/resuming.md). A run that stops early (a signal, a NaN)
+leaves a ``FAILED`` file that says why and no ``results.json``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -30,6 +35,11 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_modules.pretrain import ClozePretrainModule
 from recrl.baselines import MostPopularRecommender, MyopicOracle, RandomRecommender
 from recrl.callbacks import PeriodicEvaluation, RankingValidation, StepProgressBar
+from recrl.checkpointing import (
+    LAST_CHECKPOINT, LAST_GOOD_CHECKPOINT, AtomicCheckpointIO, CheckpointError, NonFiniteError,
+    NonFiniteGuard, RunControl, RunInterrupted, check_compatible, merge_csv_metrics,
+    read_checkpoint, resolve_ckpt_path, set_aside_csv_metrics,
+)
 from recrl.data import Sequences
 from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features
 from recrl.evaluation import evaluate_policy
@@ -46,6 +56,8 @@ from recrl.tracking import log_final_results, make_loggers, tracking_callbacks
 warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty")
 warnings.filterwarnings("ignore", message=r".*does not have many workers")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# A resumed run writes its checkpoints into the folder that holds the ones it resumes from.
+warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
 
 RESULTS_FILE = "results.json"
 FAILURE_FILE = "FAILED"
@@ -174,15 +186,25 @@ def build(cfg: DictConfig, output_dir: Path) -> Built:
                 seed=cfg.evaluation.seed,
                 max_steps=cfg.evaluation.max_steps,
             )
+        checkpoints = output_dir / "checkpoints"
         checkpoint = ModelCheckpoint(
-            dirpath=output_dir / "checkpoints",
+            dirpath=checkpoints,
             every_n_train_steps=cfg.checkpoint.every_n_steps,
             save_last=True,
             save_top_k=0,
         )
+        testing = cfg.get("testing") or {}
+        # Stops on SIGTERM / SIGINT with a checkpoint; stops on a NaN / inf before it is applied.
+        run_control = RunControl(checkpoints / LAST_CHECKPOINT,
+                                 pause_at_step=testing.get("pause_at_step"), run_dir=output_dir)
+        guard = NonFiniteGuard(checkpoints / LAST_GOOD_CHECKPOINT,
+                               inject_nan_at_step=testing.get("inject_nan_at_step"))
         loggers = make_loggers(cfg)
-        callbacks = [StepProgressBar(), evaluation, checkpoint, *tracking_callbacks(cfg, loggers)]
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+        callbacks = [StepProgressBar(), evaluation, guard, checkpoint, run_control,
+                     *tracking_callbacks(cfg, loggers)]
+        # Every checkpoint is written beside its target and renamed over it (never half-written).
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
+                              plugins=[AtomicCheckpointIO()])
     except (ValueError, TypeError, FileNotFoundError, InstantiationException) as err:
         raise ConfigurationError(str(err).strip()) from err
     return Built(module, trainer, evaluation, sequences)
@@ -289,13 +311,58 @@ def pin_sweep_folder_for_ddp_processes() -> None:
         sys.argv.append(pinned)
 
 
+class Resume(NamedTuple):
+    """The checkpoint a run resumes from."""
+
+    path: Path
+    step: int  # optimiser steps it holds
+
+
+def checkpoint_to_resume(cfg: DictConfig, output_dir: Path, module: Any) -> Resume | None:
+    """The file ``ckpt_path`` names, once it is known to load (``weights_only``) and to fit
+    this run's model; None without ``ckpt_path``."""
+    try:
+        path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+        if path is None:
+            return None
+        checkpoint = read_checkpoint(path)
+        check_compatible(checkpoint, module, path)
+    except CheckpointError as err:
+        raise ConfigurationError(str(err)) from err
+    return Resume(path, int(checkpoint.get("global_step", 0)))
+
+
+def resume_command(output_dir: Path) -> str:
+    """The command line that resumes this run from its last checkpoint (test-only switches
+    left out)."""
+    overrides = [o for o in HydraConfig.get().overrides.task
+                 if not o.startswith(("ckpt_path=", "testing.", "+testing."))]
+    words = ["python", "-m", "recrl.run", *overrides, f"hydra.run.dir={output_dir}", "ckpt_path=last"]
+    return " ".join(shlex.quote(word) for word in words)
+
+
 def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """One complete run; returns what ``results.json`` holds."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module, trainer, evaluation, sequences = build(cfg, output_dir)
+    resume = checkpoint_to_resume(cfg, output_dir, module)
     started = time.perf_counter()
     pin_sweep_folder_for_ddp_processes()
-    trainer.fit(module)
+    if trainer.is_global_zero:
+        # Results of an earlier run in this folder no longer describe it.
+        (output_dir / RESULTS_FILE).unlink(missing_ok=True)
+    moved_metrics = (set_aside_csv_metrics(trainer.loggers)
+                     if resume is not None and trainer.is_global_zero else [])
+    try:
+        # weights_only: a checkpoint holds tensors and plain containers only, never code.
+        trainer.fit(module, ckpt_path=None if resume is None else resume.path, weights_only=True)
+    finally:
+        if moved_metrics:
+            merge_csv_metrics(moved_metrics, resume.step)
+    if getattr(trainer.checkpoint_callback, "_last_global_step_saved", -1) != trainer.global_step:
+        # ModelCheckpoint writes every N steps only: the final state always ends up in
+        # last.ckpt too (what encoder.init_from and ckpt_path=last read). All ranks take part.
+        trainer.save_checkpoint(output_dir / "checkpoints" / LAST_CHECKPOINT)
     if not trainer.is_global_zero:
         return {}
     choices = HydraConfig.get().runtime.choices
@@ -319,6 +386,10 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     results["optimizer_steps"] = trainer.global_step
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
     results["seed"] = cfg.seed
+    if resume is not None:
+        results["resumed_from"] = str(resume.path)
+    # A resumed run completes the folder of the run that failed or was interrupted.
+    (output_dir / FAILURE_FILE).unlink(missing_ok=True)
     write_json_atomically(output_dir / RESULTS_FILE, results)
     log_final_results(trainer.loggers, results, output_dir / "evaluation_return.png")
     if "agent" in results:
@@ -343,6 +414,17 @@ def main(cfg: DictConfig) -> float | None:
             raise
         # One line, no traceback: the message already names the setting and the fix.
         raise SystemExit(f"recrl: configuration error: {err}") from None
+    except RunInterrupted as err:
+        command = resume_command(output_dir)
+        (output_dir / FAILURE_FILE).write_text(f"interrupted: {err}\nresume with: {command}\n")
+        print(f"recrl: {err}; resume with: {command}", file=sys.stderr)
+        raise SystemExit(128 + err.signum) from None
+    except NonFiniteError as err:
+        (output_dir / FAILURE_FILE).write_text(f"non-finite: {err}\n")
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            print(f"recrl: training stopped: {err}", file=sys.stderr)
+            raise
+        raise SystemExit(f"recrl: training stopped: {err}") from None
     except BaseException as err:
         (output_dir / FAILURE_FILE).write_text(f"run failed: {err!r}\n")
         raise

@@ -92,7 +92,7 @@ def test_training_options_run_a_real_update(options: dict) -> None:
     assert len(batches) == module.hparams.updates_per_batch
     if options.get("n_steps", 1) > 1:
         assert batches[0]["steps_to_next_obs"].max() > 1  # MultiStep looked ahead
-    optimizer = module.configure_optimizers()
+    optimizer = module.configure_optimizers()["optimizer"]
     before = module.q_network.scorer.query.weight.detach().clone()
     loss = module.loss_module(batches[0])["loss"] + module.click_loss(batches[0])
     loss.backward()
@@ -124,3 +124,19 @@ def test_click_counts_and_click_targets_answer_the_action_even_with_n_steps() ->
     stored = module.replay_buffer.storage[:32]
     assert torch.equal(stored["clicked"], raw["next", "click"].reshape(-1))
     collector.shutdown()
+
+
+def test_anneal_lr_decays_the_learning_rate_linearly_to_zero_over_max_steps() -> None:
+    module = make_module(num_envs=4, frames_per_batch=16, batch_size=8, learning_starts=0,
+                         n_steps=1, lr=1e-3, anneal_lr=True)
+    seen: list[float] = []
+
+    class RecordLearningRate(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_steps=8, accelerator="cpu", logger=False, callbacks=[RecordLearningRate()],
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(module)
+    assert seen == pytest.approx([1e-3 * (1 - step / 8) for step in range(8)])

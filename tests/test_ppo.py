@@ -140,7 +140,7 @@ def test_updates_on_a_rollout_lower_its_ppo_loss() -> None:
     collector = module._make_collector()
     rollout = next(iter(collector))
     collector.shutdown()
-    optimizer = module.configure_optimizers()
+    optimizer = module.configure_optimizers()["optimizer"]
     # Advantages are computed once ("batch" mode), before any update: every minibatch holds them.
     batches = list(module.rollout_to_batches(rollout))
     all_frames = torch.cat(batches[:4])  # the first epoch: every frame once

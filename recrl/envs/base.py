@@ -85,6 +85,22 @@ class UserResponseModel(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not expose expected watch times")
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The hidden per-user state, for checkpoints (resuming a run exactly).
+
+        The default takes every tensor attribute of the model (catalogue tensors included);
+        models override it to keep only what changes while users are simulated.
+        """
+        return {k: v for k, v in vars(self).items() if isinstance(v, Tensor)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restores what `state_dict` returned (each tensor onto the device of the one it replaces)."""
+        for key, value in state.items():
+            current = getattr(self, key, None)
+            if not isinstance(current, Tensor):
+                raise KeyError(f"{type(self).__name__} has no tensor state {key!r}")
+            setattr(self, key, value.to(current.device))
+
 
 class RecEnv(EnvBase):
     """A batch of users, each receiving one recommended item per step.
@@ -308,6 +324,38 @@ class RecEnv(EnvBase):
             batch_size=self.batch_size,
             device=self.device,
         )
+
+    # ------------------------------------------------------------------ checkpoints
+    #: The tensors of `RecEnv`'s own state (the user model keeps the rest).
+    _STATE_TENSORS = ("_history", "_history_response", "_history_watch_time", "_action_mask",
+                      "_click", "_step_count")
+
+    def simulation_state(self) -> dict:
+        """Everything a resumed run needs to go on simulating these users exactly: the histories,
+        masks and step counts, the random generator's state and the user model's hidden state
+        (plain tensors and dicts, loadable with ``torch.load(weights_only=True)``).
+
+        Not ``state_dict``: that name belongs to ``nn.Module`` (an env is one) and TorchRL's
+        collectors read it for transforms.
+        """
+        return {
+            **{name.lstrip("_"): getattr(self, name) for name in self._STATE_TENSORS},
+            "rng": self.rng.get_state(),
+            "users": self.users.state_dict(),
+        }
+
+    def load_simulation_state(self, state: dict) -> None:
+        """Restores `simulation_state` into an env built with the same settings."""
+        for name in self._STATE_TENSORS:
+            value = state[name.lstrip("_")]
+            if value.shape != getattr(self, name).shape:
+                raise ValueError(
+                    f"saved {name.lstrip('_')} has shape {tuple(value.shape)}, this env "
+                    f"{tuple(getattr(self, name).shape)}: build the env with the same settings"
+                )
+            setattr(self, name, value.to(self.device))
+        self.rng.set_state(state["rng"])
+        self.users.load_state_dict(state["users"])
 
     def expected_immediate_reward(self) -> Tensor:
         """Expected watch time of recommending each item now, [B, N+1]; -inf where masked.

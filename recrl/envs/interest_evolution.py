@@ -153,6 +153,10 @@ class InterestEvolutionUsers(UserResponseModel):
         w = x + 1
         return w / (w + self.no_click_weight)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """Hidden per-user state (the catalogue is rebuilt from ``catalogue_seed``)."""
+        return {"interest": self.interest, "budget": self.budget}
+
 
 class InterestEvolutionEnv(RecEnv):
     """`RecEnv` over `InterestEvolutionUsers`; ``batch_size = [num_users]``.

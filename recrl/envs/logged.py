@@ -218,6 +218,11 @@ class LoggedUsers(UserResponseModel):
     def expected_watch_time(self) -> Tensor:
         return self.taste.ratings(self.user)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """Hidden per-user state: who each simulated user is and what they saw last (the log and
+        the fitted taste model are rebuilt from the config)."""
+        return {"user": self.user, "recent": self.recent}
+
 
 @dataclass(frozen=True)
 class LoggedWorld:

@@ -1,0 +1,517 @@
+"""Exact resume, atomic checkpoints, signals and the non-finite guard (docs/resuming.md).
+
+What a recrl checkpoint holds beyond Lightning's own (model with the DQN target network and the
+exploration schedule, optimiser, LR scheduler, loop counters, callback states): under
+``RESUME_KEY``, the training stream's position (the simulator's full state and random generator,
+the collector's next observation, the batches Lightning had already fetched but not trained on,
+the global RNG states (torch, numpy, Python), where the algorithm stood inside the current
+rollout) and the
+algorithm's own state (DQN: the replay buffer and the target-update counter). Everything is plain
+tensors, numbers, strings, lists and dicts, so every checkpoint loads with
+``torch.load(weights_only=True)``.
+
+Pieces:
+
+- `AtomicCheckpointIO`: Lightning writes every checkpoint beside its target, flushes it to disk and
+  renames it over the target: a crash during a write leaves the previous checkpoint intact.
+- `RunControl`: on SIGTERM / SIGINT, training stops at the end of the current optimiser step,
+  saves ``checkpoints/last.ckpt`` and raises `RunInterrupted` (the run folder is marked FAILED
+  with the command that resumes it).
+- `NonFiniteGuard`: a NaN or inf in a loss term or a gradient stops the run before the optimiser
+  applies it, after saving the last good state to ``checkpoints/last_good.ckpt``
+  (`NonFiniteError` names the quantity and the step).
+- `read_checkpoint`: what ``ckpt_path=`` is checked with before training starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+
+#: Top-level key of a Lightning checkpoint under which recrl keeps its resume state.
+RESUME_KEY = "recrl_resume"
+#: File names inside ``<run folder>/checkpoints/``.
+LAST_CHECKPOINT = "last.ckpt"
+LAST_GOOD_CHECKPOINT = "last_good.ckpt"
+#: Test-only marker a run paused by ``testing.pause_at_step`` writes into its run folder.
+PAUSED_FILE = "PAUSED"
+
+
+# -- atomic writes ----------------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes ``<path>.tmp``, flushes it to disk, then renames it to ``path`` (atomic on POSIX).
+
+    A reader, or a run resumed after a crash, sees the previous complete checkpoint or the new
+    complete one, never a partial file. Remote URLs (``s3://`` ...) keep Lightning's own writer.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Makes a rename durable (the directory entry); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# -- reading a checkpoint to resume from ------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from; the message names the file and the fix."""
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> Path | None:
+    """``ckpt_path`` of the config as a file: ``last`` is this run folder's last checkpoint."""
+    if ckpt_path is None or str(ckpt_path).strip() in ("", "null", "None"):
+        return None
+    if str(ckpt_path) == "last":
+        path = output_dir / "checkpoints" / LAST_CHECKPOINT
+        if not path.is_file():
+            raise CheckpointError(
+                f"ckpt_path=last: no checkpoint at {path}; resume by rerunning the interrupted "
+                "run's command with hydra.run.dir=<its run folder> ckpt_path=last, or give "
+                "ckpt_path=<a .ckpt file>"
+            )
+        return path
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={path}: no such file; give the path of a .ckpt file")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Loads ``path`` with ``weights_only=True`` (tensors and plain containers only, no code).
+
+    Any failure (a truncated or foreign file, an object that is not plain data) becomes one
+    `CheckpointError` line naming the file.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every way of failing gets the same one-line answer
+        # The first sentence only: torch's messages go on for lines.
+        first_line = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        if "Weights only load failed" in str(err):
+            reason = "it holds objects other than tensors and plain data (refused: weights_only)"
+        else:
+            reason = f"it is truncated or not a checkpoint ({type(err).__name__}: {first_line})"
+        raise CheckpointError(
+            f"ckpt_path={path}: cannot read the checkpoint: {reason}; resume from another "
+            "checkpoint (e.g. an earlier copy) or start a new run without ckpt_path"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"ckpt_path={path}: not a Lightning checkpoint of recrl (no state_dict); give a "
+            "checkpoints/*.ckpt file of a recrl run"
+        )
+    return checkpoint
+
+
+def check_compatible(checkpoint: Mapping[str, Any], module: L.LightningModule, path: Path) -> None:
+    """The checkpoint was written by a run of the same model and algorithm settings."""
+    saved = checkpoint.get("hyper_parameters") or {}
+    current = dict(module.hparams)
+    changed = [
+        f"algo.{key}={saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"ckpt_path={path} was written with other algorithm settings ({'; '.join(changed[:4])}); "
+            "resume with the command of the run that wrote it"
+        )
+    own = module.state_dict()
+    state = checkpoint["state_dict"]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    reshaped = sorted(k for k in set(own) & set(state)
+                      if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or reshaped:
+        detail = (f"missing {missing[:3]}" if missing else
+                  f"unexpected {unexpected[:3]}" if unexpected else
+                  f"other shapes for {reshaped[:3]}")
+        raise CheckpointError(
+            f"ckpt_path={path} holds another model ({detail}): the env or encoder settings differ; "
+            "resume with the command of the run that wrote it"
+        )
+
+
+# -- metrics.csv across a resume -------------------------------------------------------------
+def set_aside_csv_metrics(loggers: list[Any]) -> list[tuple[Path, Path]]:
+    """Moves each CSV logger's ``metrics.csv`` aside before a resumed run starts (Lightning's CSV
+    writer deletes an existing one); `merge_csv_metrics` puts the history back afterwards."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    moved = []
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            path = Path(logger.log_dir) / "metrics.csv"
+            if path.is_file():
+                aside = path.with_name("metrics.before_resume.csv")
+                os.replace(path, aside)
+                moved.append((aside, path))
+    return moved
+
+
+def _logged_step(row: dict[str, str]) -> int:
+    """The optimiser step a metrics.csv row belongs to: Lightning writes ``train/*`` rows with
+    ``step`` = that step - 1, the evaluation callbacks write ``val/*`` rows at the step itself."""
+    step = int(float(row["step"]))
+    return step + 1 if any(v for k, v in row.items() if k.startswith("train/")) else step
+
+
+def merge_csv_metrics(moved: list[tuple[Path, Path]], resumed_step: int) -> None:
+    """``metrics.csv`` = the interrupted run's rows up to the checkpoint's step, then the resumed
+    run's rows (the steps after the checkpoint were trained again)."""
+    for aside, path in moved:
+        with open(aside, newline="") as f:
+            old = [row for row in csv.DictReader(f)
+                   if not row.get("step") or _logged_step(row) <= resumed_step]
+        new: list[dict[str, str]] = []
+        if path.is_file():
+            with open(path, newline="") as f:
+                new = list(csv.DictReader(f))
+        columns: list[str] = []
+        for row in old + new:
+            columns.extend(k for k in row if k not in columns)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(old + new)
+        os.replace(tmp, path)
+        aside.unlink()
+
+
+# -- plain-data snapshots of TorchRL / torch objects -----------------------------------------
+def td_to_state(td: TensorDictBase) -> dict[str, Any]:
+    """A TensorDict as nested dicts of tensors (loadable with ``weights_only=True``)."""
+    return {
+        "batch_size": list(td.batch_size),
+        "device": None if td.device is None else str(td.device),
+        "data": td.to_dict(),
+    }
+
+
+def td_from_state(state: Mapping[str, Any]) -> TensorDict:
+    return TensorDict(state["data"], batch_size=state["batch_size"], device=state["device"])
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random generators: torch (exploration, uniform replay sampling, PPO's
+    shuffles and actions, dropout), numpy (TorchRL's prioritised replay samples with
+    ``np.random``), Python's and, when in use, CUDA's. Plain tensors and numbers."""
+    version, python_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(cached_gauss)},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def replay_buffer_state(buffer: Any) -> dict[str, Any]:
+    """``buffer.state_dict()`` reduced to plain data and to the filled part of its storage.
+
+    A LazyTensorStorage allocates its full capacity at the first write: only the first
+    ``len(storage)`` rows hold data. A prioritised sampler's segment trees (C++ objects) become
+    tensors of their leaves.
+    """
+    state = buffer.state_dict()
+    storage = buffer._storage
+    filled = len(storage)
+    inner = getattr(storage, "_storage", None)
+    if isinstance(inner, TensorDictBase) and filled < storage.max_size:
+        state["_storage"]["_storage"] = inner[:filled].clone().state_dict()
+        state["_storage"]["recrl_capacity"] = storage.max_size
+    sampler = buffer._sampler
+    for key in ("_sum_tree", "_min_tree"):
+        if key in state.get("_sampler", {}):
+            tree = getattr(sampler, key)
+            state["_sampler"][key] = torch.as_tensor(tree[torch.arange(sampler._max_capacity)])
+    return state
+
+
+def load_replay_buffer_state(buffer: Any, state: Mapping[str, Any]) -> None:
+    """The inverse of `replay_buffer_state` (the buffer is built with the same settings)."""
+    state = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in state.items()}
+    storage_state = state["_storage"]
+    capacity = storage_state.pop("recrl_capacity", None)
+    trees = {}
+    sampler = buffer._sampler
+    for key in ("_sum_tree", "_min_tree"):
+        if key in state.get("_sampler", {}):
+            trees[key] = state["_sampler"][key]
+            state["_sampler"][key] = getattr(sampler, key)  # replaced by its saved leaves below
+    buffer.load_state_dict(state)
+    if capacity is not None:
+        storage = buffer._storage
+        part = storage._storage
+        full = part[:1].expand(capacity).clone().zero_()
+        full[: part.shape[0]] = part
+        storage._storage = full
+    for key, leaves in trees.items():
+        tree = getattr(sampler, key)
+        dtype = torch.float32 if "Fp32" in type(tree).__name__ else torch.float64
+        tree[torch.arange(leaves.numel())] = leaves.to(dtype)
+
+
+def collector_state(collector: Any) -> dict[str, Any]:
+    """A TorchRL ``Collector`` between two rollouts: its environment's whole simulation state,
+    the observation it acts on next (the carrier), and its counters.
+
+    Reads ``Collector`` internals (``_carrier``, ``_frames``, ``_iter``, ``_traj_pool``) of
+    torchrl 0.14: its own ``state_dict`` holds neither the carrier nor the simulator's state.
+    """
+    env = collector.env
+    if not hasattr(env, "simulation_state"):
+        raise TypeError(f"{type(env).__name__} cannot save its state (no simulation_state())")
+    state = {
+        "env": env.simulation_state(),
+        "carrier": td_to_state(collector._carrier),
+        "frames": int(collector._frames),
+        "iter": int(collector._iter),
+    }
+    if getattr(collector, "track_traj_ids", False):
+        state["traj_pool"] = collector._traj_pool.state_dict()
+    return state
+
+
+def restore_collector(collector: Any, state: Mapping[str, Any]) -> None:
+    """Puts a freshly built collector (same env settings) where `collector_state` left one."""
+    collector.env.load_simulation_state(state["env"])
+    carrier = td_from_state(state["carrier"])
+    if getattr(collector, "_carrier_has_no_device", False):
+        carrier.clear_device_()
+    collector._carrier = carrier
+    collector._frames = state["frames"]
+    collector._iter = state["iter"]
+    if "traj_pool" in state and getattr(collector, "track_traj_ids", False):
+        collector._traj_pool.load_state_dict(state["traj_pool"])
+
+
+# -- stopping on a signal ---------------------------------------------------------------------
+class RunInterrupted(Exception):
+    """Training stopped on SIGTERM / SIGINT after saving a checkpoint to resume from."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        self.signum = signum
+        self.step = step
+        self.checkpoint = checkpoint
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name} after optimiser step {step}; "
+                         f"checkpoint saved to {checkpoint}")
+
+
+class RunControl(Checkpoint):
+    """SIGTERM / SIGINT during training: finish the current optimiser step, save
+    ``last_checkpoint``, raise `RunInterrupted`. A second signal ends the process at once.
+
+    A ``Checkpoint`` callback so that Lightning runs it after the other callbacks (evaluation,
+    ModelCheckpoint) at the end of a step: the checkpoint it writes is the state a periodic one
+    of the same step would hold. Before training starts (imports, setup, first evaluation) and
+    after it ends the usual handlers apply.
+
+    ``pause_at_step`` is test-only (``testing.pause_at_step``): after that step's callbacks, write
+    ``<run folder>/PAUSED`` and wait for a signal, so that a test can kill the run at a known
+    point of training.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, last_checkpoint: Path, pause_at_step: int | None = None,
+                 run_dir: Path | None = None) -> None:
+        super().__init__()
+        self.last_checkpoint = Path(last_checkpoint)
+        self.pause_at_step = pause_at_step
+        self.run_dir = run_dir
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # asked twice: end the process now, without a checkpoint
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+
+    def _install_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._install_handlers()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        if self.pause_at_step is not None and trainer.global_step == self.pause_at_step:
+            self._pause(trainer)
+        if self.received is None and trainer.received_sigterm:  # came before our handler
+            self.received = signal.SIGTERM
+        stop = self.received is not None
+        if trainer.world_size > 1:  # every rank stops at the same step (saving is collective)
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            signum = self.received if self.received is not None else signal.SIGTERM
+            trainer.save_checkpoint(self.last_checkpoint, weights_only=False)
+            self._restore_handlers()
+            raise RunInterrupted(signum, trainer.global_step, self.last_checkpoint)
+
+    def _pause(self, trainer: L.Trainer) -> None:
+        if self.run_dir is not None and trainer.is_global_zero:
+            (self.run_dir / PAUSED_FILE).write_text(f"{trainer.global_step}\n")
+        while self.received is None:
+            time.sleep(0.05)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def teardown(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        self._restore_handlers()
+
+
+# -- non-finite losses and gradients ----------------------------------------------------------
+class NonFiniteError(Exception):
+    """A NaN or inf in a loss term or a gradient; the update was not applied."""
+
+    def __init__(self, what: str, value: str, step: int, checkpoint: Path | None) -> None:
+        self.what = what
+        self.step = step
+        self.checkpoint = checkpoint
+        message = f"{what} is {value} at optimiser step {step}"
+        if checkpoint is not None:
+            message += f"; the last good state (after step {step - 1}) is in {checkpoint}"
+        super().__init__(message)
+
+
+def _describe(tensor: Tensor) -> str:
+    return "nan" if bool(torch.isnan(tensor).any()) else "inf"
+
+
+class NonFiniteGuard(L.Callback):
+    """Checks the step's loss terms and every gradient before the optimiser applies them.
+
+    The loss terms are the ones the module recorded in ``step_losses`` (``RecommenderModule``
+    records ``train/td_loss``, ``train/loss``, ...). On a NaN or inf: save ``last_good`` (the
+    weights, optimiser and counters are still those of the previous step) and raise
+    `NonFiniteError`. Steps count from 1: the error at step k leaves the state after k - 1 steps.
+
+    ``inject_nan_at_step`` is test-only (``testing.inject_nan_at_step``): that step's encoder output
+    is multiplied by NaN, so the NaN travels the real path (loss, then gradients).
+    """
+
+    def __init__(self, last_good: Path | None, inject_nan_at_step: int | None = None) -> None:
+        super().__init__()
+        self.last_good = None if last_good is None else Path(last_good)
+        self.inject_nan_at_step = inject_nan_at_step
+        self._hook = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        if self.inject_nan_at_step is not None and trainer.global_step + 1 == self.inject_nan_at_step:
+            self._hook = pl_module.encoder.register_forward_hook(_times_nan)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
+        self._remove_hook()
+        step = trainer.global_step + 1
+        losses = getattr(pl_module, "step_losses", {}) or {}
+        bad: tuple[str, str] | None = None
+        for name, value in losses.items():
+            if not bool(torch.isfinite(value).all()):
+                bad = (name, _describe(value))
+                break
+        if hasattr(pl_module, "step_losses"):
+            pl_module.step_losses = {}
+        if bad is None:
+            grads = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+            if grads and not bool(torch.stack([g.isfinite().all() for _, g in grads]).all()):
+                name, grad = next((n, g) for n, g in grads if not bool(g.isfinite().all()))
+                bad = (f"the gradient of {name}", _describe(grad))
+        if bad is None:
+            return
+        if self.last_good is not None:
+            trainer.save_checkpoint(self.last_good, weights_only=False)
+        raise NonFiniteError(bad[0], bad[1], step, self.last_good)
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        self._remove_hook()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        self._remove_hook()
+
+
+def _times_nan(module: torch.nn.Module, inputs: Any, output: Tensor) -> Tensor:
+    return output * math.nan
