@@ -61,14 +61,12 @@ from typing import Any
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torchrl.collectors import Collector
 
 from recrl import run as recrl_run
 from recrl.callbacks import PeriodicEvaluation, StepProgressBar
-from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features
 from recrl.evaluation import evaluate_policy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,18 +97,8 @@ def compose_config(algo: str, output_dir: Path, steps: int, overrides: list[str]
 
 
 def build_module(cfg: DictConfig) -> Any:
-    """The algorithm module as ``recrl.run.build`` makes it (the minimal side's model)."""
-    env_factory = instantiate(cfg.env, _partial_=True)
-    probe_env = env_factory(num_users=1, seed=cfg.seed)
-    encoder_cfg = OmegaConf.to_container(cfg.encoder, resolve=True)
-    text_options = {k: encoder_cfg.pop(k) for k in TEXT_OPTIONS if k in encoder_cfg}
-    encoder = instantiate(
-        encoder_cfg,
-        num_items=probe_env.num_items,
-        history_length=probe_env.history_length,
-        item_features=encoder_item_features(probe_env, **text_options),
-    )
-    return instantiate(cfg.algo, encoder=encoder, env_factory=env_factory, seed=cfg.seed)
+    """The algorithm module exactly as ``recrl.run.build`` makes it (the minimal side's model)."""
+    return recrl_run.build_module(cfg)[0]
 
 
 def steps_per_rollout(cfg: DictConfig) -> int:

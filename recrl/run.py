@@ -155,22 +155,29 @@ def is_pretraining(module: Any) -> bool:
     return isinstance(module, ClozePretrainModule)
 
 
+def build_module(cfg: DictConfig) -> tuple[Any, Any]:
+    """The algorithm module of ``cfg`` (env factory -> encoder -> algo), and the one-user env
+    built on the way (it rejects invalid env values at once)."""
+    env_factory = instantiate(cfg.env, _partial_=True)
+    probe_env = env_factory(num_users=1, seed=cfg.seed)
+    # The text_* keys (encoder=bert_text) choose the item features, not the encoder's shape.
+    encoder_cfg = OmegaConf.to_container(cfg.encoder, resolve=True)
+    text_options = {k: encoder_cfg.pop(k) for k in TEXT_OPTIONS if k in encoder_cfg}
+    encoder = instantiate(
+        encoder_cfg,
+        num_items=probe_env.num_items,
+        history_length=probe_env.history_length,
+        item_features=encoder_item_features(probe_env, **text_options),
+    )
+    module = instantiate(cfg.algo, encoder=encoder, env_factory=env_factory, seed=cfg.seed)
+    return module, probe_env
+
+
 def build(cfg: DictConfig, output_dir: Path) -> Built:
     """Instantiates everything from the config; any rejected value becomes a ConfigurationError."""
     try:
         check_config(cfg)
-        env_factory = instantiate(cfg.env, _partial_=True)
-        probe_env = env_factory(num_users=1, seed=cfg.seed)  # rejects invalid env values now
-        # The text_* keys (encoder=bert_text) choose the item features, not the encoder's shape.
-        encoder_cfg = OmegaConf.to_container(cfg.encoder, resolve=True)
-        text_options = {k: encoder_cfg.pop(k) for k in TEXT_OPTIONS if k in encoder_cfg}
-        encoder = instantiate(
-            encoder_cfg,
-            num_items=probe_env.num_items,
-            history_length=probe_env.history_length,
-            item_features=encoder_item_features(probe_env, **text_options),
-        )
-        module = instantiate(cfg.algo, encoder=encoder, env_factory=env_factory, seed=cfg.seed)
+        module, probe_env = build_module(cfg)
         sequences = getattr(probe_env, "sequences", None)  # logged-data envs only
         if is_pretraining(module):
             evaluation = RankingValidation(
@@ -400,6 +407,19 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return results
 
 
+def stop_with_one_line(message: str) -> None:
+    """Ends the run with ``message`` and no traceback (it names the problem and the fix).
+
+    Call inside an ``except``. In a multirun the exception goes on instead: Hydra marks this job
+    failed and runs the sweep's other jobs (Optuna records a failed trial); SystemExit would end
+    the whole sweep here.
+    """
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        print(message, file=sys.stderr)
+        raise
+    raise SystemExit(message) from None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -407,13 +427,7 @@ def main(cfg: DictConfig) -> float | None:
         results = train(cfg, output_dir)
     except ConfigurationError as err:
         (output_dir / FAILURE_FILE).write_text(f"configuration error: {err}\n")
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            # An ordinary exception: Hydra marks this job failed and runs the sweep's other jobs
-            # (Optuna records a failed trial); SystemExit would end the whole sweep here.
-            print(f"recrl: configuration error: {err}", file=sys.stderr)
-            raise
-        # One line, no traceback: the message already names the setting and the fix.
-        raise SystemExit(f"recrl: configuration error: {err}") from None
+        stop_with_one_line(f"recrl: configuration error: {err}")
     except RunInterrupted as err:
         command = resume_command(output_dir)
         (output_dir / FAILURE_FILE).write_text(f"interrupted: {err}\nresume with: {command}\n")
@@ -421,10 +435,7 @@ def main(cfg: DictConfig) -> float | None:
         raise SystemExit(128 + err.signum) from None
     except NonFiniteError as err:
         (output_dir / FAILURE_FILE).write_text(f"non-finite: {err}\n")
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            print(f"recrl: training stopped: {err}", file=sys.stderr)
-            raise
-        raise SystemExit(f"recrl: training stopped: {err}") from None
+        stop_with_one_line(f"recrl: training stopped: {err}")
     except BaseException as err:
         (output_dir / FAILURE_FILE).write_text(f"run failed: {err!r}\n")
         raise
