@@ -36,6 +36,12 @@ class EveryNSteps(L.Callback):
         if trainer.global_step % self.every_n_steps == 0:
             self._evaluate(trainer, pl_module)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        # The final weights always have a validation point (what a sweep's objective and the
+        # selection of weights read), also when max_steps is not a multiple of every_n_steps.
+        if not self.curve or self.curve[-1]["step"] != trainer.global_step:
+            self._evaluate(trainer, pl_module)
+
     def state_dict(self) -> dict[str, Any]:
         return {"curve": self.curve}
 
@@ -44,18 +50,25 @@ class EveryNSteps(L.Callback):
 
 
 class PeriodicEvaluation(EveryNSteps):
-    """Evaluates the greedy policy on held-out users every ``every_n_steps`` optimiser steps.
+    """Evaluates the greedy policy on validation users every ``every_n_steps`` optimiser steps.
 
-    The held-out users are the same at every evaluation (one fixed seed, distinct from the
-    training seed), so the curve shows the policy changing, not the users. Logs ``val/*``
-    against the optimiser step, with the environment frame count as ``val/frames``, and keeps the
-    curve (``self.curve``) for the run's plot. Also evaluates once before training starts.
+    The validation users are the same at every evaluation (one fixed seed, distinct from the
+    training seed and from the final evaluation's test users), so the curve shows the policy
+    changing, not the users, and choosing weights by it does not touch the test users. Logs
+    ``val/*`` against the optimiser step, with the environment frame count as ``val/frames``, and
+    keeps the curve (``self.curve``) for the run's plot. Evaluates once before training starts
+    and once more at the end if the last step is not on the grid.
+
+    With ``keep_best`` it also keeps a copy of the weights with the highest validation return so
+    far (``self.best``; checkpointed, so a resumed run still knows them): the model selection of
+    ``evaluation.select=best``.
 
     Under DDP the weights of every rank are equal, so rank 0 alone evaluates (the curve, the
-    logs and the plot are rank 0's) while the other ranks wait for it at a barrier.
+    logs, the plot and the best weights are rank 0's) while the other ranks wait at a barrier.
     """
 
-    def __init__(self, every_n_steps: int, num_users: int, seed: int, max_steps: int) -> None:
+    def __init__(self, every_n_steps: int, num_users: int, seed: int, max_steps: int,
+                 keep_best: bool = False) -> None:
         super().__init__()
         if every_n_steps < 1:
             raise ValueError(f"evaluation.every_n_steps must be >= 1, got {every_n_steps}")
@@ -63,7 +76,23 @@ class PeriodicEvaluation(EveryNSteps):
         self.num_users = num_users
         self.seed = seed
         self.max_steps = max_steps
+        self.keep_best = keep_best
         self.curve: list[dict[str, float]] = []
+        #: ``{"point": curve point, "weights": {parameter name: tensor}}`` of the best evaluation.
+        self.best: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.best = state_dict.get("best")
+
+    def _remember_if_best(self, point: dict[str, float], pl_module: Any) -> None:
+        if self.best is not None and point["return_mean"] <= self.best["point"]["return_mean"]:
+            return
+        weights = {name: p.detach().to("cpu", copy=True) for name, p in pl_module.named_parameters()}
+        self.best = {"point": dict(point), "weights": weights}
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
         if trainer.world_size > 1:
@@ -85,6 +114,8 @@ class PeriodicEvaluation(EveryNSteps):
             pl_module.train(was_training)
         point = {"step": trainer.global_step, "frames": int(pl_module.frames), **metrics}
         self.curve.append(point)
+        if self.keep_best:
+            self._remember_if_best(point, pl_module)
         # Straight to the loggers, one row per evaluation at its true step: self.log from a
         # callback would be re-logged at every logging step and aggregated per epoch.
         val_metrics = {

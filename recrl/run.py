@@ -132,6 +132,17 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("num_users", "final_num_users", "every_n_steps", "max_steps"):
         if cfg.evaluation[key] < 1:
             raise ConfigurationError(f"evaluation.{key} must be >= 1, got {cfg.evaluation[key]}")
+    if cfg.evaluation.select not in ("last", "best"):
+        raise ConfigurationError(
+            f"evaluation.select={cfg.evaluation.select!r}: choose last (the final weights) or "
+            "best (the weights with the highest validation return)"
+        )
+    if cfg.evaluation.val_seed == cfg.evaluation.seed:
+        raise ConfigurationError(
+            f"evaluation.val_seed equals evaluation.seed ({cfg.evaluation.seed}): validation "
+            "(periodic evaluation, weight selection, sweep objectives) would see the test users; "
+            "give them different seeds"
+        )
     if cfg.trainer.get("gradient_clip_val") is not None:
         # The modules clip in configure_gradient_clipping: a trainer value would be ignored.
         raise ConfigurationError(
@@ -184,14 +195,15 @@ def build(cfg: DictConfig, output_dir: Path) -> Built:
                 sequences,
                 every_n_steps=cfg.evaluation.every_n_steps,
                 num_users=cfg.evaluation.num_users,
-                seed=cfg.evaluation.seed,
+                seed=cfg.evaluation.val_seed,
             )
         else:
             evaluation = PeriodicEvaluation(
                 every_n_steps=cfg.evaluation.every_n_steps,
                 num_users=cfg.evaluation.num_users,
-                seed=cfg.evaluation.seed,
+                seed=cfg.evaluation.val_seed,
                 max_steps=cfg.evaluation.max_steps,
+                keep_best=cfg.evaluation.select == "best",
             )
         checkpoints = output_dir / "checkpoints"
         checkpoint = ModelCheckpoint(
@@ -217,9 +229,27 @@ def build(cfg: DictConfig, output_dir: Path) -> Built:
     return Built(module, trainer, evaluation, sequences)
 
 
-def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None) -> dict[str, Any]:
-    """The greedy agent and every baseline on the same held-out users.
+def select_weights(module: Any, evaluation: PeriodicEvaluation, select: str) -> dict[str, Any]:
+    """Loads the weights ``evaluation.select`` asks for into ``module`` and says which they are:
+    ``last`` keeps the final weights, ``best`` loads those with the highest validation return
+    (the validation users are not the test users, so the test numbers stay unbiased)."""
+    if select == "best" and evaluation.best is not None:
+        point, weights = evaluation.best["point"], evaluation.best["weights"]
+        with torch.no_grad():
+            for name, parameter in module.named_parameters():
+                parameter.copy_(weights[name])
+    else:
+        point = evaluation.curve[-1]
+    return {"rule": select, "step": int(point["step"]), "frames": int(point["frames"]),
+            "val_return": point["return_mean"], "val_return_ci95": point["return_ci95"]}
 
+
+def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
+                     evaluation: PeriodicEvaluation) -> dict[str, Any]:
+    """The greedy agent and every baseline on the same held-out test users.
+
+    The agent runs with the weights ``evaluation.select`` chooses; when that is ``best``, the
+    final weights are evaluated too (``agent_last``), so the effect of the choice is on record.
     ``popular`` ranks items by the clicks they got during training (any simulator); on logged
     data ``popular_log`` ranks them by the training users' interactions in the log, the usual
     most-popular of recommender-systems papers.
@@ -231,6 +261,10 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None) 
         return evaluate_policy(env, policy_for_env(env), max_steps=cfg.evaluation.max_steps)
 
     module.eval()
+    results: dict[str, Any] = {}
+    if cfg.evaluation.select == "best":
+        results["agent_last"] = run(lambda env: module.greedy_policy)
+    selected = select_weights(module, evaluation, cfg.evaluation.select)
     agent = run(lambda env: module.greedy_policy)
     baselines = {
         "random": run(lambda env: RandomRecommender(seed=seed)),
@@ -241,12 +275,15 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None) 
         baselines["popular_log"] = run(lambda env: MostPopularRecommender(counts))
     if module.make_env(1, seed=seed, split="heldout").has_expected_reward:  # only simulators with hidden state
         baselines["oracle_myopic"] = run(MyopicOracle)
-    return {"agent": agent, "baselines": baselines}
+    return {"agent": agent, **results, "selected_weights": selected, "baselines": baselines}
 
 
 def format_results_table(results: dict[str, Any]) -> str:
     """A plain-text table of the agent next to the baselines."""
-    rows = [("agent", results["agent"]), *results["baselines"].items()]
+    rows = [("agent", results["agent"])]
+    if "agent_last" in results:
+        rows.append(("agent (last)", results["agent_last"]))
+    rows += results["baselines"].items()
     lines = [
         f"{'policy':<14}{'return':>18}{'clicks':>16}{'CTR':>8}{'length':>16}{'coverage':>10}",
     ]
@@ -374,15 +411,17 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         return {}
     choices = HydraConfig.get().runtime.choices
     if is_pretraining(module):
-        results = {"offline_ranking": offline_ranking(module, sequences, cfg)}
+        results = {"offline_ranking": offline_ranking(module, sequences, cfg),
+                   "validation": evaluation.curve[-1]}
         results["checkpoint"] = str(output_dir / "checkpoints" / "last.ckpt")
     else:
-        results = final_evaluation(module, cfg, sequences)
+        results = final_evaluation(module, cfg, sequences, evaluation)
         results["frames"] = int(module.frames)
         results["evaluation_protocol"] = (
-            f"online, simulator, {cfg.evaluation.final_num_users} held-out users "
-            f"(seed {cfg.evaluation.seed}), one episode each, greedy policy; ± is a 95% CI over "
-            "users"
+            f"online, simulator, {cfg.evaluation.final_num_users} held-out test users "
+            f"(seed {cfg.evaluation.seed}), one episode each, greedy policy with the "
+            f"{cfg.evaluation.select} weights by the return of {cfg.evaluation.num_users} "
+            f"validation users (seed {cfg.evaluation.val_seed}); ± is a 95% CI over users"
         )
         if sequences is not None:
             results["offline_ranking"] = offline_ranking(module, sequences, cfg)
@@ -439,13 +478,14 @@ def main(cfg: DictConfig) -> float | None:
     except BaseException as err:
         (output_dir / FAILURE_FILE).write_text(f"run failed: {err!r}\n")
         raise
-    # Sweepers (Optuna) minimise or maximise what the task returns: the online return of an RL
-    # run, the full-ranking HR@10 of pretraining.
+    # Sweepers (Optuna) maximise what the task returns: a validation number, never a test one
+    # (the search must not see the test users): the validation return of the selected weights
+    # of an RL run, the validation items' full-ranking HR@10 at the end of pretraining.
     if not results:
         return None
-    if "agent" in results:
-        return results["agent"]["return_mean"]
-    return results["offline_ranking"]["agent"]["full"].get("HR@10")
+    if "selected_weights" in results:
+        return results["selected_weights"]["val_return"]
+    return results["validation"]["HR@10"]
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def tracking_callbacks(cfg: DictConfig, loggers: list[Logger]) -> list[L.Callbac
             callbacks.append(WandbTracking(
                 logger,
                 every_n_steps=cfg.evaluation.every_n_steps,
-                seed=cfg.evaluation.seed,
+                seed=cfg.evaluation.val_seed,
                 example_users=options.get("example_users", 0),
                 warmup_steps=options.get("example_warmup_steps", 0),
             ))
@@ -159,8 +159,8 @@ class WandbTracking(EveryNSteps):
     """Plots W&B metrics against environment frames and, at every evaluation, logs a table of
     what the greedy policy recommends to a few held-out users after their recent history.
 
-    The users are the first ``example_users`` of the held-out users (same seed as the
-    evaluation); each first takes ``warmup_steps`` greedy steps, so the history is not empty.
+    The users are the first ``example_users`` of the validation users (the periodic
+    evaluation's seed); each first takes ``warmup_steps`` greedy steps, so the history is not empty.
     Items are shown by id, with their text (title | genres) on logged data that has it; ``*``
     marks a clicked item.
     """

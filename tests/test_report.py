@@ -158,10 +158,11 @@ def test_optuna_study_resumes_from_its_sqlite_storage(study: Path) -> None:
     loaded = optuna.load_study(study_name="dqn_synthetic",
                                storage=f"sqlite:///{study / 'optuna.db'}")
     assert [t.state.name for t in loaded.trials] == ["COMPLETE"] * 4
-    # The objective is each trial's final agent return (what recrl.run returns).
+    # The objective is each trial's validation return (what recrl.run returns), never a
+    # number of the test users.
     trials = sorted(p for p in study.iterdir() if (p / "results.json").is_file())
     assert len(trials) == 4
-    returns = sorted(json.loads((p / "results.json").read_text())["agent"]["return_mean"]
+    returns = sorted(json.loads((p / "results.json").read_text())["selected_weights"]["val_return"]
                      for p in trials)
     assert sorted(t.value for t in loaded.trials) == pytest.approx(returns)
     assert loaded.direction.name == "MAXIMIZE"

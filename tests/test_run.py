@@ -79,6 +79,45 @@ def test_same_seed_same_metrics(smoke_run: Path, algo: str, tmp_path: Path) -> N
     assert first["baselines"] == second["baselines"]
 
 
+def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path) -> None:
+    """evaluation.select=best: the agent row uses the weights of the best validation point, the
+    final weights are reported too, and the kept weights really are the ones validated there."""
+    from hydra import compose, initialize_config_dir
+
+    from recrl.evaluation import evaluate_policy
+    from recrl.run import build_module
+    from tests.conftest import REPO_ROOT
+
+    run_dir = tmp_path / "run"
+    # 25 steps: the grid evaluates at 0, 10 and 20; the end adds a point at 25.
+    overrides = ["debug=smoke", "evaluation.select=best", "trainer.max_steps=25"]
+    assert run_recrl_in_process(run_dir, *overrides) is None
+    results = json.loads((run_dir / "results.json").read_text())
+    with open(run_dir / "metrics.csv") as f:
+        curve = {int(r["step"]): float(r["val/return"]) for r in csv.DictReader(f) if r["val/return"]}
+    assert sorted(curve) == [0, 10, 20, 25]
+    selected = results["selected_weights"]
+    assert selected["rule"] == "best"
+    assert selected["step"] == max(curve, key=curve.get)
+    assert selected["val_return"] == pytest.approx(max(curve.values()))
+    assert METRIC_KEYS <= results["agent_last"].keys()
+
+    # The best weights, kept in the checkpoint, give the validation return they were chosen by.
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    best = next(state["best"] for key, state in checkpoint["callbacks"].items()
+                if key.startswith("PeriodicEvaluation"))
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    module, _ = build_module(cfg)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            parameter.copy_(best["weights"][name])
+    module.eval()
+    env = module.make_env(cfg.evaluation.num_users, seed=cfg.evaluation.val_seed, split="heldout")
+    again = evaluate_policy(env, module.greedy_policy, max_steps=cfg.evaluation.max_steps)
+    assert again["return_mean"] == pytest.approx(selected["val_return"])
+
+
 #: Bad input the CLI must refuse with one line: (overrides, a phrase the message must contain).
 BAD_INPUT = [
     (["algo=nonexistent"], "algo"),
@@ -95,6 +134,8 @@ BAD_INPUT = [
     (["encoder.init_from=/nonexistent.ckpt"], "encoder.init_from"),
     (["encoder=bert_text"], "needs item text"),
     (["trainer.gradient_clip_val=1.0"], "algo.max_grad_norm"),
+    (["evaluation.select=median"], "evaluation.select"),
+    (["evaluation.val_seed=1000003"], "evaluation.val_seed"),
 ]
 #: The cases also run through a real ``python -m recrl.run`` process: an unknown config choice
 #: (Hydra's own error path), a value a component rejects, and hardware this machine lacks.
