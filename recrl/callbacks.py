@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from recrl.data import Sequences
-from recrl.evaluation import evaluate_policy
+from recrl.evaluation import evaluate_split
 from recrl.ranking import evaluate_ranking
 
 
@@ -63,8 +63,9 @@ class PeriodicEvaluation(EveryNSteps):
     far (``self.best``; checkpointed, so a resumed run still knows them): the model selection of
     ``evaluation.select=best``.
 
-    Under DDP the weights of every rank are equal, so rank 0 alone evaluates (the curve, the
-    logs, the plot and the best weights are rank 0's) while the other ranks wait at a barrier.
+    Under DDP the users are split over the processes and the episodes gathered
+    (``recrl.evaluation.evaluate_split``): every rank holds the same curve and best weights (DDP
+    keeps the weights equal) and rank 0 logs.
     """
 
     def __init__(self, every_n_steps: int, num_users: int, seed: int, max_steps: int,
@@ -95,21 +96,16 @@ class PeriodicEvaluation(EveryNSteps):
         self.best = {"point": dict(point), "weights": weights}
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
-        if trainer.world_size > 1:
-            if trainer.is_global_zero:
-                self._evaluate_here(trainer, pl_module)
-            trainer.strategy.barrier("PeriodicEvaluation")
-        else:
-            self._evaluate_here(trainer, pl_module)
-
-    def _evaluate_here(self, trainer: L.Trainer, pl_module: Any) -> None:
-        env = pl_module.make_env(self.num_users, seed=self.seed, split="heldout")
         # Eval mode, as in the final evaluation: no dropout noise, and the global RNG (which
         # training draws from, and which checkpoints save) is left alone.
         was_training = pl_module.training
         pl_module.eval()
         try:
-            metrics = evaluate_policy(env, pl_module.greedy_policy, max_steps=self.max_steps)
+            metrics = evaluate_split(
+                lambda num_users, seed: pl_module.make_env(num_users, seed=seed, split="heldout"),
+                lambda env: pl_module.greedy_policy,
+                num_users=self.num_users, seed=self.seed, max_steps=self.max_steps,
+            )
         finally:
             pl_module.train(was_training)
         point = {"step": trainer.global_step, "frames": int(pl_module.frames), **metrics}

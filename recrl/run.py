@@ -42,7 +42,7 @@ from recrl.checkpointing import (
 )
 from recrl.data import Sequences
 from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features
-from recrl.evaluation import evaluate_policy
+from recrl.evaluation import process_rank, evaluate_split
 from recrl.plotting import plot_evaluation_curve
 from recrl.ranking import (
     describe_protocol, evaluate_ranking, log_popularity, most_popular_scorer,
@@ -257,8 +257,11 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
     num_users, seed = cfg.evaluation.final_num_users, cfg.evaluation.seed
 
     def run(policy_for_env) -> dict[str, float]:
-        env = module.make_env(num_users, seed=seed, split="heldout")
-        return evaluate_policy(env, policy_for_env(env), max_steps=cfg.evaluation.max_steps)
+        # Under DDP every process plays its share of the users (call on every process).
+        return evaluate_split(
+            lambda n, s: module.make_env(n, seed=s, split="heldout"), policy_for_env,
+            num_users=num_users, seed=seed, max_steps=cfg.evaluation.max_steps,
+        )
 
     module.eval()
     results: dict[str, Any] = {}
@@ -267,7 +270,7 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
     selected = select_weights(module, evaluation, cfg.evaluation.select)
     agent = run(lambda env: module.greedy_policy)
     baselines = {
-        "random": run(lambda env: RandomRecommender(seed=seed)),
+        "random": run(lambda env: RandomRecommender(seed=seed + process_rank())),
         "popular": run(lambda env: MostPopularRecommender(module.item_clicks)),
     }
     if sequences is not None:
@@ -407,19 +410,24 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         # ModelCheckpoint writes every N steps only: the final state always ends up in
         # last.ckpt too (what encoder.init_from and ckpt_path=last read). All ranks take part.
         trainer.save_checkpoint(output_dir / "checkpoints" / LAST_CHECKPOINT)
-    if not trainer.is_global_zero:
-        return {}
     choices = HydraConfig.get().runtime.choices
     if is_pretraining(module):
+        if not trainer.is_global_zero:
+            return {}
         results = {"offline_ranking": offline_ranking(module, sequences, cfg),
                    "validation": evaluation.curve[-1]}
         results["checkpoint"] = str(output_dir / "checkpoints" / "last.ckpt")
     else:
+        # Every process plays its share of the test users; rank 0 writes what they found.
         results = final_evaluation(module, cfg, sequences, evaluation)
+        if not trainer.is_global_zero:
+            return {}
         results["frames"] = int(module.frames)
+        split = (f", split over {trainer.world_size} processes (seed + rank)"
+                 if trainer.world_size > 1 else "")
         results["evaluation_protocol"] = (
             f"online, simulator, {cfg.evaluation.final_num_users} held-out test users "
-            f"(seed {cfg.evaluation.seed}), one episode each, greedy policy with the "
+            f"(seed {cfg.evaluation.seed}{split}), one episode each, greedy policy with the "
             f"{cfg.evaluation.select} weights by the return of {cfg.evaluation.num_users} "
             f"validation users (seed {cfg.evaluation.val_seed}); ± is a 95% CI over users"
         )

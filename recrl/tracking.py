@@ -244,7 +244,10 @@ def log_final_results(loggers: list[Logger], results: dict[str, Any], plot_path:
         run.summary.update(flatten(results))
         extra: dict[str, Any] = {}
         if "agent" in results:
-            policies = [("agent", results["agent"]), *results["baselines"].items()]
+            policies = [("agent", results["agent"])]
+            if "agent_last" in results:
+                policies.append(("agent (last)", results["agent_last"]))
+            policies += results["baselines"].items()
             extra["final/results"] = wandb.Table(
                 columns=["policy", *RESULT_COLUMNS],
                 data=[[name, *(stats.get(c) for c in RESULT_COLUMNS)] for name, stats in policies],

@@ -7,6 +7,7 @@ subprocess (``run_recrl``). Each rank writes a test-only dump (``RECRL_TEST_DUMP
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -74,6 +75,19 @@ def test_ddp_both_ranks_step_and_frames_are_total(ddp_run: Path, algo: str) -> N
     assert all(d["frames"] == results["frames"] for d in dumps)
 
 
+def test_ddp_evaluation_is_split_over_the_ranks(ddp_run: Path) -> None:
+    """Each rank plays half of the test users (debug=smoke: 32) for the agent and every baseline;
+    the gathered summary covers all of them. The periodic evaluations are split alike."""
+    results = json.loads((ddp_run / "results.json").read_text())
+    for stats in (results["agent"], *results["baselines"].values()):
+        assert stats["num_users"] == 32
+        assert stats["users_per_process"] == [16, 16]
+    assert "split over 2 processes" in results["evaluation_protocol"]
+    with open(ddp_run / "metrics.csv") as f:
+        val_rows = [row for row in csv.DictReader(f) if row["val/return"]]
+    assert [int(row["step"]) for row in val_rows] == [0, 10, 20]
+
+
 def test_ddp_ranks_share_weights_but_not_trajectories(ddp_run: Path) -> None:
     first, second = rank_dumps(ddp_run)
     assert first["state_dict"].keys() == second["state_dict"].keys()
@@ -132,3 +146,43 @@ def test_ddp_multirun_leaves_one_sweep_folder_with_complete_jobs(tmp_path: Path)
         first, second = rank_dumps(job_dir)
         assert results["frames"] == first["local_frames"] + second["local_frames"]
         assert all(torch.equal(v, second["state_dict"][k]) for k, v in first["state_dict"].items())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_machines_through_torchrun_train_one_model(tmp_path: Path) -> None:
+    """docs/scaling_out.md's multi-node torchrun command, with two "machines" on localhost: one
+    torchrun per node (--nnodes=2 --node_rank=0/1, one process each), trainer.num_nodes=2.
+    Lightning must take torchrun's processes (start none itself), and the two nodes must train
+    one model into one run folder."""
+    run_dir = tmp_path / "run"
+    port = free_port()
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", RANK_DUMP_ENV: "1",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+
+    def node(rank: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+             f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+             "-m", "recrl.run", "debug=smoke", "algo=dqn", "hardware=ddp_cpu",
+             "trainer.devices=1", "trainer.num_nodes=2", f"hydra.run.dir={run_dir}"],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    nodes = [node(0), node(1)]
+    outputs = [proc.communicate(timeout=400) for proc in nodes]
+    for proc, (_, stderr) in zip(nodes, outputs):
+        assert proc.returncode == 0, stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    first, second = rank_dumps(run_dir)
+    assert first["world_size"] == second["world_size"] == 2
+    assert results["frames"] == first["local_frames"] + second["local_frames"]
+    assert all(torch.equal(v, second["state_dict"][k]) for k, v in first["state_dict"].items())
+    assert results["agent"]["users_per_process"] == [16, 16]
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]

@@ -102,3 +102,45 @@ def test_no_oracle_for_users_without_exposed_state() -> None:
     assert InterestEvolutionEnv(4).has_expected_reward
     with pytest.raises(TypeError, match="no myopic oracle"):
         MyopicOracle(env)
+
+
+def _evaluate_in_process_group(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    """One process of test_evaluation_split_over_processes_gathers_every_users_episode."""
+    import torch.distributed as dist
+
+    from recrl.evaluation import evaluate_split, process_rank
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world_size)
+    try:
+        summary = evaluate_split(
+            lambda n, seed: InterestEvolutionEnv(n, seed=seed, num_items=40),
+            lambda env: RandomRecommender(seed=7 + process_rank()),
+            num_users=9, seed=100, max_steps=2000,
+        )
+        torch.save(summary, f"{out_dir}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluation_split_over_processes_gathers_every_users_episode(tmp_path) -> None:
+    """Two gloo processes play 5 + 4 of 9 users (seeds 100 and 101) and both report the summary
+    of all 9 episodes: the same numbers as playing each share alone and pooling them."""
+    import torch.multiprocessing as mp
+
+    from recrl.evaluation import Episodes, play_episodes, summarise
+
+    mp.spawn(_evaluate_in_process_group, args=(2, str(tmp_path / "init"), str(tmp_path)),
+             nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in (0, 1))
+    assert first == second
+    assert first["num_users"] == 9 and first["users_per_process"] == [5, 4]
+
+    shares = [play_episodes(InterestEvolutionEnv(n, seed=100 + r, num_items=40),
+                            RandomRecommender(seed=7 + r), max_steps=2000)
+              for r, n in enumerate((5, 4))]
+    pooled = Episodes(*(torch.cat([s[i] for s in shares]) for i in range(3)),
+                      shares[0].recommended | shares[1].recommended)
+    expected = summarise(pooled)
+    for key, value in expected.items():
+        assert first[key] == pytest.approx(value), key
