@@ -52,6 +52,17 @@ def test_a_new_user_starts_from_their_first_logged_items(log_file: Path) -> None
         assert not td["action_mask"][row, first].any()  # already-seen items are masked
 
 
+def test_a_user_with_fewer_items_than_the_window_starts_left_padded(log_file: Path) -> None:
+    # Every user has 12 items; a 15-item window holds all 12, right-aligned after 3 paddings.
+    env = make_env(log_file, num_users=4, history_length=15, max_episode_steps=5)
+    td = env.reset()
+    for row in range(4):
+        user = env.users.user[row].item()
+        assert td["history"][row].tolist() == [0] * 3 + env.sequences.user_sequence(user).tolist()
+        assert td["history_response"][row].tolist() == [PADDING] * 3 + [CLICKED] * 12
+        assert td["history_watch_time"][row, :3].tolist() == [0.0] * 3
+
+
 def test_the_reward_is_the_taste_models_rating(log_file: Path) -> None:
     env = make_env(log_file, num_users=8, boredom_window=0)
     td = env.reset()

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recrl.data import PreprocessConfig, Sequences, load_sequences
+from recrl.data import PreprocessConfig, Sequences, load_sequences, window_positions
 from recrl.envs.base import CLICKED, PADDING, RecEnv, UserResponse, UserResponseModel, check_param
 
 MAX_RATING = 5.0
@@ -178,13 +178,8 @@ class LoggedUsers(UserResponseModel):
     @staticmethod
     def _first_items(sequences: Sequences, length: int, watch: Tensor) -> tuple[Tensor, Tensor]:
         """Each user's first ``length`` items and their logged watch time, right-aligned, [U, L]."""
-        count = sequences.lengths.clamp(max=length)  # [U]
-        offsets = sequences.offsets[:-1]
-        position = torch.arange(length)  # [L]
-        pad = (length - count)[:, None]  # [U, 1]
-        source = offsets[:, None] + position[None, :] - pad  # [U, L]
-        valid = position[None, :] >= pad
-        source = source.clamp(min=0)
+        first = sequences.offsets[:-1]  # [U]
+        source, valid = window_positions(first, first + sequences.lengths.clamp(max=length), length)
         items = torch.where(valid, sequences.items[source], 0)
         times = torch.where(valid, watch[source], 0.0)
         return items, times
