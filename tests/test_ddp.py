@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,10 @@ WORLD_SIZE = 2
 #: so updates (2 per rollout) start after the first rollout -> 10-11 rollouts. PPO: 32-frame
 #: rollouts, 4 minibatches each -> 5-6 rollouts, as in a single process.
 RANK_FRAMES = {"dqn": (160, 176), "ppo": (160, 192)}
+#: How each algorithm's 2-process run starts: Lightning's own launcher (one command, the second
+#: process re-runs it), or docs/scaling_out.md's multi-node torchrun command with 2 one-process
+#: "machines" on localhost (trainer.num_nodes=2).
+LAUNCH = {"dqn": "lightning", "ppo": "torchrun"}
 
 
 @pytest.fixture(scope="module", params=sorted(RANK_FRAMES))
@@ -34,18 +39,52 @@ def algo(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_on_two_machines_through_torchrun(run_dir: Path, *overrides: str) -> None:
+    """docs/scaling_out.md's multi-node torchrun command, with two "machines" on localhost: one
+    torchrun per node (--nnodes=2 --node_rank=0/1, one process each), trainer.num_nodes=2.
+    Lightning must take torchrun's processes and start none itself."""
+    port = free_port()
+    # Both "machines" share this machine's cores: one thread each (Lightning sizes threads per
+    # machine, and two 2-thread processes spinning in gloo on 2 cores run ten times slower).
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+
+    def node(rank: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+             f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+             "-m", "recrl.run", *overrides, "trainer.devices=1", "trainer.num_nodes=2",
+             f"hydra.run.dir={run_dir}"],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    nodes = [node(0), node(1)]
+    outputs = [proc.communicate(timeout=400) for proc in nodes]
+    for proc, (_, stderr) in zip(nodes, outputs):
+        assert proc.returncode == 0, stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory, algo: str) -> Path:
+    """DQN: one command, Lightning starts the second process. PPO: two torchrun "machines" of
+    one process each (the multi-node path). Every test below holds for both launches."""
     run_dir = tmp_path_factory.mktemp(f"ddp_{algo}") / "run"
-    os.environ[RANK_DUMP_ENV] = "1"  # inherited by the subprocess and by its rank-1 re-run
+    overrides = ["debug=smoke", f"algo={algo}", "hardware=ddp_cpu"]
+    os.environ[RANK_DUMP_ENV] = "1"  # inherited by the subprocesses and by a rank-1 re-run
     try:
-        proc = run_recrl(
-            run_dir, "debug=smoke", f"algo={algo}", "hardware=ddp_cpu",
-            f"trainer.devices={WORLD_SIZE}", timeout=400,
-        )
+        if LAUNCH[algo] == "torchrun":
+            run_on_two_machines_through_torchrun(run_dir, *overrides)
+        else:
+            proc = run_recrl(run_dir, *overrides, f"trainer.devices={WORLD_SIZE}", timeout=400)
+            assert proc.returncode == 0, proc.stderr[-3000:]
     finally:
         del os.environ[RANK_DUMP_ENV]
-    assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
 
@@ -147,42 +186,3 @@ def test_ddp_multirun_leaves_one_sweep_folder_with_complete_jobs(tmp_path: Path)
         assert results["frames"] == first["local_frames"] + second["local_frames"]
         assert all(torch.equal(v, second["state_dict"][k]) for k, v in first["state_dict"].items())
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_two_machines_through_torchrun_train_one_model(tmp_path: Path) -> None:
-    """docs/scaling_out.md's multi-node torchrun command, with two "machines" on localhost: one
-    torchrun per node (--nnodes=2 --node_rank=0/1, one process each), trainer.num_nodes=2.
-    Lightning must take torchrun's processes (start none itself), and the two nodes must train
-    one model into one run folder."""
-    run_dir = tmp_path / "run"
-    port = free_port()
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", RANK_DUMP_ENV: "1",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-
-    def node(rank: int) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-             f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
-             "-m", "recrl.run", "debug=smoke", "algo=dqn", "hardware=ddp_cpu",
-             "trainer.devices=1", "trainer.num_nodes=2", f"hydra.run.dir={run_dir}"],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-
-    nodes = [node(0), node(1)]
-    outputs = [proc.communicate(timeout=400) for proc in nodes]
-    for proc, (_, stderr) in zip(nodes, outputs):
-        assert proc.returncode == 0, stderr[-3000:]
-    results = json.loads((run_dir / "results.json").read_text())
-    first, second = rank_dumps(run_dir)
-    assert first["world_size"] == second["world_size"] == 2
-    assert results["frames"] == first["local_frames"] + second["local_frames"]
-    assert all(torch.equal(v, second["state_dict"][k]) for k, v in first["state_dict"].items())
-    assert results["agent"]["users_per_process"] == [16, 16]
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]

@@ -13,7 +13,7 @@ from lightning_modules.pretrain import ClozePretrainModule, TrainingWindows
 from recrl.data import Sequences
 from recrl.encoders import HistoryEncoder, ItemScorer
 from recrl.envs.base import CLICKED, PADDING
-from tests.conftest import ML100K, needs_ml100k, run_recrl
+from tests.conftest import ML100K, needs_ml100k, run_recrl_in_process
 
 
 def toy_sequences(num_items: int = 12, heldout: tuple[bool, ...] = (False, False, True)) -> Sequences:
@@ -154,13 +154,13 @@ def test_pretraining_needs_logged_sequences() -> None:
 
 @needs_ml100k
 def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path) -> None:
-    """Both steps through the entry point: pretraining writes rankings and a checkpoint; an RL
+    """Both steps through the entry function: pretraining writes rankings and a checkpoint; an RL
     run starts from it and reports the same ranking protocols next to its online return."""
     data = [f"env.path={ML100K}", f"env.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
             "evaluation.ranking.chunk_size=1024"]
     pretrain_dir = tmp_path / "pretrain"
-    proc = run_recrl(pretrain_dir, "env=ml100k", "algo=pretrain", "debug=smoke", *data)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_recrl_in_process(pretrain_dir, "env=ml100k", "algo=pretrain", "debug=smoke",
+                                *data) is None
     results = json.loads((pretrain_dir / "results.json").read_text())
     ranking = results["offline_ranking"]
     protocols = {"full", "sampled_uniform_100", "sampled_popularity_100"}
@@ -175,9 +175,8 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path) 
         assert "val/HR@10" in f.readline()
 
     rl_dir = tmp_path / "ppo"
-    proc = run_recrl(rl_dir, "env=ml100k", "algo=ppo", "debug=smoke", *data,
-                     f"encoder.init_from={checkpoint}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_recrl_in_process(rl_dir, "env=ml100k", "algo=ppo", "debug=smoke", *data,
+                                f"encoder.init_from={checkpoint}") is None
     results = json.loads((rl_dir / "results.json").read_text())
     assert {"random", "popular", "popular_log", "oracle_myopic"} == set(results["baselines"])
     assert set(results["offline_ranking"]["agent"]) == protocols
