@@ -75,7 +75,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory, algo: str) -> Path:
     """DQN: one command, Lightning starts the second process. PPO: two torchrun "machines" of
     one process each (the multi-node path). Every test below holds for both launches."""
     run_dir = tmp_path_factory.mktemp(f"ddp_{algo}") / "run"
-    overrides = ["debug=smoke", f"algo={algo}", "hardware=ddp_cpu"]
+    overrides = ["debug=smoke", "env.time_budget=50", f"algo={algo}", "hardware=ddp_cpu"]
     os.environ[RANK_DUMP_ENV] = "1"  # inherited by the subprocesses and by a rank-1 re-run
     try:
         if LAUNCH[algo] == "torchrun":
@@ -168,7 +168,8 @@ def test_ddp_multirun_leaves_one_sweep_folder_with_complete_jobs(tmp_path: Path)
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", RANK_DUMP_ENV: "1",
            "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "recrl.run", "-m", "debug=smoke", "algo=dqn", "hardware=ddp_cpu",
+        [sys.executable, "-m", "recrl.run", "-m", "debug=smoke", "env.time_budget=50", "algo=dqn",
+         "hardware=ddp_cpu",
          f"trainer.devices={WORLD_SIZE}", "seed=0,1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500,
     )

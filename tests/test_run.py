@@ -12,6 +12,9 @@ import torch
 from tests.conftest import run_recrl, run_recrl_in_process
 
 METRIC_KEYS = {"return_mean", "return_ci95", "clicks_mean", "ctr", "episode_length", "coverage"}
+#: Sessions of a quarter of the default time budget: ~30 recommendations a user instead of ~120,
+#: so the runs' evaluations are short (what they prove does not depend on session length).
+SHORT_SESSIONS = "env.time_budget=50"
 
 
 #: Frames a debug=smoke run collects for its 20 optimiser steps, per algorithm (Lightning may
@@ -28,7 +31,7 @@ def algo(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory, algo: str) -> Path:
     run_dir = tmp_path_factory.mktemp(f"smoke_{algo}") / "run"
-    proc = run_recrl(run_dir, "debug=smoke", f"algo={algo}")
+    proc = run_recrl(run_dir, "debug=smoke", SHORT_SESSIONS, f"algo={algo}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -49,7 +52,7 @@ def test_smoke_run_writes_every_output(smoke_run: Path, algo: str) -> None:
     # The myopic oracle knows the users: it must beat the uniformly random policy.
     oracle, random = results["baselines"]["oracle_myopic"], results["baselines"]["random"]
     assert oracle["return_mean"] - oracle["return_ci95"] > random["return_mean"]
-    assert random["coverage"] > 0.5  # 32 users x ~120 random picks cover most of 500 items
+    assert random["coverage"] > 0.5  # 32 users x ~30 random picks cover most of 500 items
 
 
 def test_smoke_run_logs_train_and_val_metrics(smoke_run: Path) -> None:
@@ -72,7 +75,8 @@ def test_checkpoint_holds_model_and_click_counts(smoke_run: Path) -> None:
 def test_same_seed_same_metrics(smoke_run: Path, algo: str, tmp_path: Path) -> None:
     # The second run trains in this process (no second interpreter start-up): same seed, same
     # numbers, whichever process runs it.
-    assert run_recrl_in_process(tmp_path / "again", "debug=smoke", f"algo={algo}") is None
+    assert run_recrl_in_process(tmp_path / "again", "debug=smoke", SHORT_SESSIONS,
+                                f"algo={algo}") is None
     first = json.loads((smoke_run / "results.json").read_text())
     second = json.loads((tmp_path / "again" / "results.json").read_text())
     assert first["agent"] == second["agent"]
@@ -178,7 +182,7 @@ def test_a_bad_job_in_a_sweep_fails_alone(tmp_path: Path) -> None:
     """A configuration error ends its own multirun job (FAILED, no results.json), not the sweep."""
     sweep = tmp_path / "sweep"
     proc = run_recrl(tmp_path / "unused", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep}",
-                     "debug=smoke", "env.num_items=-5,60", timeout=300)
+                     "debug=smoke", SHORT_SESSIONS, "env.num_items=-5,60", timeout=300)
     assert proc.returncode != 0  # the sweep as a whole reports the failure
     assert "env.num_items" in proc.stderr or "num_items" in proc.stderr
     assert (sweep / "0" / "FAILED").is_file() and not (sweep / "0" / "results.json").exists()
