@@ -57,7 +57,7 @@ def play_episodes(env: EnvBase, policy: Policy, max_steps: int = 10_000) -> Epis
         td = env.reset()
         for _ in range(max_steps):
             td = env.step(policy(td))
-            recommended[td["action"][alive].cpu()] = True
+            recommended[td["action"].cpu()[alive]] = True  # alive lives on the CPU
             nxt = td["next"]
             returns += nxt["reward"].squeeze(-1).double().cpu() * alive
             clicks += (nxt["click"].cpu() & alive).double()
