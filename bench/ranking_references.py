@@ -1,0 +1,124 @@
+"""Non-neural reference rankers on a logged dataset, under recrl's own ranking protocols.
+
+How good can a next-item ranker get on a dataset? Before reading a pretrained encoder's HR@10
+as good or bad, compare it with simple models that need no training loop, scored by exactly the
+code (`recrl.ranking.evaluate_ranking`) and the inputs (the last ``L`` items before each user's
+leave-one-out test item) that rank the pretrained encoder:
+
+- ``most_popular``: training interaction counts (the baseline of every run's table);
+- ``markov``: item-to-item transitions of the training sequences, ``i -> j`` counted when ``j``
+  follows ``i`` within ``--reach`` positions (weight 1 / distance), each row normalised; a
+  history scores ``sum_t decay^(L-1-t) P[h_t]`` (recent items count more), plus a little
+  popularity to break ties;
+- ``item_knn``: cosine similarity of items' user sets (training sequences), summed over the
+  history: order-free co-occurrence.
+
+The statistics come from the leave-one-out training parts of all users, as most-popular's
+counts do (no test or validation item is ever counted). Prints a markdown table.
+
+    python bench/ranking_references.py [--data ../shared/data/ml-100k] [--format ml-100k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from recrl.data import PreprocessConfig, Sequences, load_sequences
+from recrl.ranking import ScoreFn, evaluate_ranking, most_popular_scorer, popularity_scores
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default_data = Path(os.environ.get("RECRL_DATA_DIR", "data")) / "ml-100k"
+    parser.add_argument("--data", default=str(default_data), help="dataset folder or file")
+    parser.add_argument("--format", default="ml-100k", help="a recrl.data format")
+    parser.add_argument("--history-length", type=int, default=10, help="L, as env.history_length")
+    parser.add_argument("--reach", type=int, default=3, help="markov: farthest transition counted")
+    parser.add_argument("--decay", type=float, default=0.8, help="markov: recency decay")
+    parser.add_argument("--cache", default=os.environ.get("RECRL_CACHE_DIR", "data/cache"))
+    return parser.parse_args()
+
+
+def training_transitions(sequences: Sequences, reach: int) -> Tensor:
+    """``[N+1, N+1]`` row-normalised counts of ``i -> j`` within ``reach`` steps (1 / distance)."""
+    train_items, train_offsets, _, _ = sequences.leave_one_out()
+    user_of = torch.repeat_interleave(torch.arange(train_offsets.numel() - 1),
+                                      train_offsets[1:] - train_offsets[:-1])
+    size = sequences.num_items + 1
+    counts = torch.zeros(size, size)
+    for distance in range(1, reach + 1):  # a handful of shifted views, no loop over users
+        same_user = user_of[:-distance] == user_of[distance:]
+        source, target = train_items[:-distance][same_user], train_items[distance:][same_user]
+        counts.index_put_((source, target), torch.full_like(source, 1.0 / distance,
+                                                            dtype=torch.float32),
+                          accumulate=True)
+    return counts / (counts.sum(1, keepdim=True) + 1.0)
+
+
+def markov_scorer(sequences: Sequences, reach: int, decay: float) -> ScoreFn:
+    transitions = training_transitions(sequences, reach)
+    popularity = popularity_scores(sequences)
+    tie_break = 1e-3 * popularity / popularity.max()
+
+    def score_fn(history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
+        length = history.shape[1]
+        weights = decay ** torch.arange(length - 1, -1, -1, dtype=torch.float32)  # [L]
+        weights = weights * (history != 0)  # padding counts for nothing
+        return torch.einsum("bl,bln->bn", weights, transitions[history]) + tie_break
+
+    return score_fn
+
+
+def item_knn_scorer(sequences: Sequences) -> ScoreFn:
+    train_items, train_offsets, _, _ = sequences.leave_one_out()
+    user_of = torch.repeat_interleave(torch.arange(train_offsets.numel() - 1),
+                                      train_offsets[1:] - train_offsets[:-1])
+    size = sequences.num_items + 1
+    user_item = torch.zeros(train_offsets.numel() - 1, size)
+    user_item[user_of, train_items] = 1.0
+    co_occurrence = user_item.T @ user_item
+    counts = co_occurrence.diagonal().clone()
+    similarity = co_occurrence / (counts.sqrt()[:, None] * counts.sqrt()[None, :] + 1e-9)
+    similarity.fill_diagonal_(0.0)
+    similarity[0] = 0.0  # padding
+
+    def score_fn(history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
+        return similarity[history].sum(1)
+
+    return score_fn
+
+
+def main() -> None:
+    args = parse_args()
+    # The preprocessing of env=ml100k / env=logged (conf/env/logged.yaml): 5-core, all ratings.
+    sequences = load_sequences(args.data, args.format,
+                               PreprocessConfig(min_user_interactions=5, min_item_interactions=5),
+                               cache_dir=args.cache)
+    scorers = {
+        "most_popular": most_popular_scorer(sequences),
+        "markov": markov_scorer(sequences, args.reach, args.decay),
+        "item_knn": item_knn_scorer(sequences),
+    }
+    results = {name: evaluate_ranking(fn, sequences, history_length=args.history_length, ks=(10,))
+               for name, fn in scorers.items()}
+    protocols = list(results["most_popular"])
+    print(f"{args.data}: {sequences.num_users} users, {sequences.num_items} items, "
+          f"L = {args.history_length}; HR@10 / NDCG@10 (x most-popular's HR@10)\n")
+    print("| ranker | " + " | ".join(protocols) + " |")
+    print("|---|" + "---:|" * len(protocols))
+    for name, result in results.items():
+        cells = []
+        for protocol in protocols:
+            hr, ndcg = result[protocol]["HR@10"], result[protocol]["NDCG@10"]
+            ratio = hr / results["most_popular"][protocol]["HR@10"]
+            cells.append(f"{hr:.4f} / {ndcg:.4f} ({ratio:.2f}x)")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
