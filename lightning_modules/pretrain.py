@@ -5,11 +5,16 @@ BERT4Rec's cloze task (Sun et al. 2019), on windows of the length the RL agent w
     draw a window of L consecutive logged items of a training user, and the item that follows it
     replace each item of the window by a learnt [MASK] token with probability mask_prob
     loss = CE(next item | state token)  +  cloze_weight * CE(masked items | their positions)
+           + rating_weight * (rating head(state token, next item) - its logged rating)^2
 
 Both predictions score the whole catalogue through `ItemScorer` heads tied to the encoder's
 item table. The next-item head reads the state token, exactly as the RL policies do, so an RL
 run started from this checkpoint (``encoder.init_from=...``) begins with a policy that already
-recommends plausible next items. BERT4Rec's own test-time trick (a [MASK] appended after the
+recommends plausible next items. The rating head (logs with ratings only) is the reward's own
+signal in the log: how much the user liked the item that came next, predicted from the window.
+It has the scorer's form too, so ``encoder.init_scorer=rating`` starts the policy from a
+myopic estimate of the simulator's reward (its taste model is fitted on the same ratings)
+instead of a next-item predictor. BERT4Rec's own test-time trick (a [MASK] appended after the
 history) is the state token here: it is always present and always predicts what comes next.
 
 Data: the leave-one-out training part of every *training* user of the simulator's user split
@@ -20,6 +25,8 @@ never trained on). Windows are cut and masked with tensor operations on the CSR 
 from __future__ import annotations
 
 from typing import Any
+
+import logging
 
 import lightning as L
 import torch
@@ -33,6 +40,7 @@ from recrl.encoders import HistoryEncoder, ItemScorer
 from recrl.envs.base import CLICKED, PADDING
 from recrl.envs.logged import MAX_RATING
 
+log = logging.getLogger(__name__)
 
 class TrainingWindows:
     """Every (window, next item) pair of the training sequences, cut on demand in batches.
@@ -68,7 +76,8 @@ class TrainingWindows:
         return self.targets.numel()
 
     def batch(self, index: Tensor) -> dict[str, Tensor]:
-        """Windows ``[B, L]`` (items, responses, watch times) and next items ``[B]``."""
+        """Windows ``[B, L]`` (items, responses, watch times), next items and their logged
+        ratings ``[B]``."""
         target = self.targets[index]  # [B]
         source, valid = window_positions(self.user_start[index], target, self.history_length)
         history = torch.where(valid, self.items[source], PADDING)
@@ -77,6 +86,7 @@ class TrainingWindows:
             "history_response": torch.where(valid, CLICKED, PADDING),
             "history_watch_time": torch.where(valid, self.watch[source], 0.0),
             "next_item": self.items[target],
+            "next_rating": self.watch[target],
         }
 
 
@@ -89,6 +99,8 @@ class ClozePretrainModule(L.LightningModule):
         mask_prob: probability that a window item is replaced by [MASK] (BERT4Rec: 0.2 on
             MovieLens, larger for sparse logs).
         cloze_weight: weight of the masked-item loss next to the next-item loss.
+        rating_weight: weight of the rating head's squared error (the logged rating of the next
+            item). Logs without ratings get no rating head, whatever the weight.
         batch_size: windows per optimiser step.
         lr, weight_decay, warmup_steps: AdamW with linear warm-up then linear decay to 0 over
             ``trainer.max_steps``.
@@ -102,6 +114,7 @@ class ClozePretrainModule(L.LightningModule):
         *,
         mask_prob: float = 0.2,
         cloze_weight: float = 1.0,
+        rating_weight: float = 1.0,
         batch_size: int = 256,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
@@ -113,6 +126,8 @@ class ClozePretrainModule(L.LightningModule):
             raise ValueError(f"algo.mask_prob must be in [0, 1), got {mask_prob}")
         if cloze_weight < 0:
             raise ValueError(f"algo.cloze_weight must be >= 0, got {cloze_weight}")
+        if rating_weight < 0:
+            raise ValueError(f"algo.rating_weight must be >= 0, got {rating_weight}")
         if batch_size < 1:
             raise ValueError(f"algo.batch_size must be >= 1, got {batch_size}")
         self.save_hyperparameters(ignore=["encoder", "env_factory"])
@@ -132,9 +147,16 @@ class ClozePretrainModule(L.LightningModule):
         self.windows = TrainingWindows(sequences, encoder.history_length)
         self.next_item_head = ItemScorer(encoder)
         self.cloze_head = ItemScorer(encoder)
+        self.rating_head: ItemScorer | None = None
+        if rating_weight > 0 and sequences.ratings is not None:
+            self.rating_head = ItemScorer(encoder)
+        elif rating_weight > 0:
+            log.warning("this log has no ratings: no rating head is trained "
+                        "(algo.rating_weight=%s has no effect)", rating_weight)
         self.mask_token = nn.Parameter(torch.randn(encoder.hidden_size) * 0.02)
         self.mask_prob = mask_prob
         self.cloze_weight = cloze_weight
+        self.rating_weight = rating_weight
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -148,7 +170,8 @@ class ClozePretrainModule(L.LightningModule):
 
     # -- training -----------------------------------------------------------------------------
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Next-item and cloze cross-entropies of one batch of windows."""
+        """Next-item and cloze cross-entropies (and the rating head's squared error) of one
+        batch of windows."""
         history = batch["history"]
         tokens = self.encoder.embed_tokens(
             history, batch["history_response"], batch["history_watch_time"]
@@ -166,6 +189,10 @@ class ClozePretrainModule(L.LightningModule):
         else:
             losses["cloze"] = next_loss.new_zeros(())
         losses["loss"] = next_loss + self.cloze_weight * losses["cloze"]
+        if self.rating_head is not None:
+            predicted = self.rating_head.score_items(hidden[:, 0], batch["next_item"])  # [B]
+            losses["rating"] = F.mse_loss(predicted, batch["next_rating"])
+            losses["loss"] = losses["loss"] + self.rating_weight * losses["rating"]
         return losses
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -41,10 +41,13 @@ class HistoryEncoder(nn.Module):
             become indistinguishable (on the synthetic simulator DQN did worse this way).
         init_from: a checkpoint of ``algo=pretrain`` (BERT4Rec-style cloze pretraining,
             ``lightning_modules/pretrain.py``) to start from: every encoder weight is loaded, and
-            its next-item head is kept in ``pretrained_scorer`` for the `ItemScorer` built on
-            this encoder. The encoder's shape, catalogue and item features must match.
-        init_scorer: with ``init_from``, also start the policy's item scorer from the pretrained
-            next-item head (False: only the encoder; the scorer starts from scratch).
+            the head named by ``init_scorer`` is kept in ``pretrained_scorer`` for the
+            `ItemScorer` built on this encoder. The encoder's shape, catalogue and item features
+            must match.
+        init_scorer: with ``init_from``, which pretrained head the policy's item scorer starts
+            from: ``"rating"`` (the predicted rating of each item: a myopic reward estimate),
+            ``"next_item"`` (how likely each item comes next), or None (the encoder only; the
+            scorer starts from scratch; False means the same).
     """
 
     def __init__(
@@ -60,7 +63,7 @@ class HistoryEncoder(nn.Module):
         item_features: Tensor | None = None,
         item_ids: bool = True,
         init_from: str | None = None,
-        init_scorer: bool = True,
+        init_scorer: str | bool | None = "rating",
     ) -> None:
         super().__init__()
         if not item_ids and item_features is None:
@@ -72,6 +75,13 @@ class HistoryEncoder(nn.Module):
             raise ValueError(f"encoder: num_items must be >= 1, got {num_items}")
         if history_length < 1:
             raise ValueError(f"encoder: history_length must be >= 1, got {history_length}")
+        if init_scorer is False:  # encoder.init_scorer=false on the command line: as null
+            init_scorer = None
+        if init_scorer not in PRETRAINED_HEADS and init_scorer is not None:
+            raise ValueError(
+                f"encoder.init_scorer={init_scorer!r}: choose {' | '.join(PRETRAINED_HEADS)} or "
+                "null (the encoder only)"
+            )
         self.bert = self._build_bert(
             history_length, hidden_size, num_layers, num_heads, intermediate_size, dropout,
             pretrained_path,
@@ -106,8 +116,7 @@ class HistoryEncoder(nn.Module):
         #: The pretrained next-item head's weights, for `ItemScorer` (None without init_from).
         self.pretrained_scorer: dict[str, Tensor] | None = None
         if init_from is not None:
-            encoder_state, scorer_state = load_pretrained(init_from)
-            self.pretrained_scorer = scorer_state if init_scorer else None
+            encoder_state, self.pretrained_scorer = load_pretrained(init_from, init_scorer)
             try:
                 self.load_state_dict(encoder_state)
             except RuntimeError as err:
@@ -209,8 +218,15 @@ class HistoryEncoder(nn.Module):
         return hidden[:, 0].reshape(*batch_shape, self.hidden_size)
 
 
-def load_pretrained(path: str) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-    """The encoder weights and next-item head of an ``algo=pretrain`` checkpoint.
+#: The heads of an ``algo=pretrain`` checkpoint a policy's scorer can start from, by the name
+#: ``encoder.init_scorer`` gives them, and their key prefix in the checkpoint.
+PRETRAINED_HEADS = {"rating": "rating_head.", "next_item": "next_item_head."}
+
+
+def load_pretrained(path: str, head: str | None = None
+                    ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """The encoder weights of an ``algo=pretrain`` checkpoint, and its ``head`` (a key of
+    `PRETRAINED_HEADS`; None: no head).
 
     Accepts Lightning checkpoints (``checkpoints/last.ckpt``; read with ``weights_only=True``, so
     loading a checkpoint cannot run code) and plain state dicts.
@@ -224,14 +240,22 @@ def load_pretrained(path: str) -> tuple[dict[str, Tensor], dict[str, Tensor] | N
     state = torch.load(file, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-    scorer = {k.removeprefix("next_item_head."): v for k, v in state.items()
-              if k.startswith("next_item_head.")}
     if not encoder:
         raise ValueError(
             f"encoder.init_from={path!r} holds no encoder weights (no 'encoder.*' keys); is it "
             "the checkpoint of an algo=pretrain run?"
         )
-    return encoder, scorer or None
+    if head is None:
+        return encoder, None
+    prefix = PRETRAINED_HEADS[head]
+    scorer = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    if not scorer:
+        raise ValueError(
+            f"encoder.init_from={path!r} has no {head} head (a rating head is trained only on "
+            "logs with ratings and algo.rating_weight > 0); set encoder.init_scorer to "
+            f"{' or '.join(h for h in PRETRAINED_HEADS if h != head)} or null"
+        )
+    return encoder, scorer
 
 
 class ItemScorer(nn.Module):
