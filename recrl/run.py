@@ -63,6 +63,28 @@ RESULTS_FILE = "results.json"
 FAILURE_FILE = "FAILED"
 
 
+def log_file_suffix() -> str:
+    """``""`` for the first process, ``".rank<r>"`` for every other one (``run.rank1.log``).
+
+    Every process of a DDP run enters the same run folder (Lightning's launcher re-runs the
+    command, torchrun and SLURM start it once per process); one ``run.log`` written by all would
+    interleave their lines. The rank comes from the launcher's environment: torchrun's ``RANK``,
+    SLURM's ``SLURM_PROCID``, or Lightning's ``NODE_RANK``/``LOCAL_RANK``.
+    """
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID")
+    if rank is None:
+        local_rank = os.environ.get("LOCAL_RANK")
+        if local_rank is None:
+            return ""
+        node_rank = os.environ.get("NODE_RANK", "0")
+        rank = local_rank if node_rank == "0" else f"{node_rank}-{local_rank}"
+    return "" if rank == "0" else f".rank{rank}"
+
+
+# conf/hydra/default.yaml names the log file with it; registered before Hydra configures logging.
+OmegaConf.register_new_resolver("recrl_log_suffix", log_file_suffix, replace=True)
+
+
 class ConfigurationError(Exception):
     """A configuration that cannot run; its message names the setting and the fix."""
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from lightning_modules.base import RANK_DUMP_ENV
+from recrl.run import log_file_suffix
 from tests.conftest import REPO_ROOT, run_recrl, run_recrl_in_process
 
 WORLD_SIZE = 2
@@ -100,6 +101,25 @@ def test_ddp_writes_one_run_folder_with_one_result(ddp_run: Path) -> None:
     assert (ddp_run / "checkpoints" / "last.ckpt").is_file()
     assert (ddp_run / "evaluation_return.png").is_file()
     assert not (ddp_run / "FAILED").exists()
+    # One log per process: rank 0's run.log, rank 1's run.rank1.log, nothing interleaved.
+    assert sorted(p.name for p in ddp_run.glob("run*.log")) == ["run.log", "run.rank1.log"]
+
+
+@pytest.mark.parametrize("env, suffix", [
+    ({}, ""),  # one process
+    ({"LOCAL_RANK": "1", "NODE_RANK": "0"}, ".rank1"),  # Lightning's launcher, one machine
+    ({"LOCAL_RANK": "0", "NODE_RANK": "2"}, ".rank2-0"),  # ... on a third machine
+    ({"RANK": "0", "LOCAL_RANK": "0"}, ""),  # torchrun
+    ({"RANK": "3", "LOCAL_RANK": "1"}, ".rank3"),
+    ({"SLURM_PROCID": "5"}, ".rank5"),
+])
+def test_each_process_names_its_own_log_file(monkeypatch: pytest.MonkeyPatch, env: dict,
+                                              suffix: str) -> None:
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert log_file_suffix() == suffix
 
 
 def test_ddp_both_ranks_step_and_frames_are_total(ddp_run: Path, algo: str) -> None:
