@@ -84,6 +84,12 @@ class DQNModule(RecommenderModule):
             )
         action_spec = self.make_env(1, seed=seed).action_spec_unbatched
         self.q_network = HistoryScorer(encoder, state_value=dueling)
+        if encoder.pretrained_scorer is not None:
+            # A pretrained head (encoder.init_from) scores in its own units: a rating of the next
+            # item, a next-item logit. Q-values are returns in units of reward_scale, and what
+            # tells items apart in them is first the immediate reward (the dueling state value
+            # learns the rest), so the head starts as reward_scale times its scores.
+            self.q_network.scorer.scale_(reward_scale)
         # n-step returns: credit for a session that lasts longer reaches the recommendation
         # that caused it n times faster than with one-step TD targets.
         self.multi_step = MultiStep(gamma=gamma, n_steps=n_steps) if n_steps > 1 else None

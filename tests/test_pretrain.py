@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
+from lightning_modules.dqn import DQNModule
 from lightning_modules.pretrain import ClozePretrainModule, TrainingWindows
 from recrl.data import Sequences
 from recrl.encoders import HistoryEncoder, ItemScorer
+from recrl.envs import InterestEvolutionEnv
 from recrl.envs.base import CLICKED, PADDING
 from tests.conftest import ML100K, needs_ml100k, run_recrl_in_process
 
@@ -134,6 +137,31 @@ def test_an_encoder_and_its_scorer_start_from_a_pretraining_checkpoint(tmp_path:
     module.eval()
     torch.testing.assert_close(scorer(encoder(history, response, watch)),
                                pretrained_head(module.encoder(history, response, watch)))
+
+
+def test_dqn_starts_its_q_values_from_the_rating_head_in_reward_scale_units(
+        tmp_path: Path) -> None:
+    """The rating head predicts a rating (1-5); DQN's Q-values are returns times reward_scale.
+    The online and the target network both start from the head times reward_scale."""
+    module = make_module(toy_sequences())
+    with torch.no_grad():
+        module.rating_head.item_bias.normal_(mean=3.0)
+    path = tmp_path / "pretrained.ckpt"
+    torch.save({"state_dict": module.state_dict()}, path)
+    encoder = HistoryEncoder(12, 3, hidden_size=32, num_layers=1, num_heads=2,
+                             intermediate_size=64, init_from=str(path))
+    dqn = DQNModule(encoder, partial(InterestEvolutionEnv, num_items=12, history_length=3),
+                    reward_scale=0.01, frames_per_batch=16, num_envs=2, n_steps=1)
+    history = torch.tensor([[0, 1, 2]])
+    response = torch.full_like(history, CLICKED)
+    watch = torch.ones(1, 3)
+    module.eval()
+    expected = 0.01 * module.rating_head(module.encoder(history, response, watch))
+    state = dqn.q_network.encoder(history, response, watch)
+    torch.testing.assert_close(dqn.q_network.scorer(state), expected)
+    target_bias = dqn.loss_module.target_value_network_params["module", "0", "module", "scorer",
+                                                              "item_bias"]
+    torch.testing.assert_close(target_bias, 0.01 * module.rating_head.item_bias)
 
 
 def test_a_log_without_ratings_trains_no_rating_head_and_says_so_when_asked_for_it(

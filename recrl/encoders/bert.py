@@ -284,6 +284,15 @@ class ItemScorer(nn.Module):
             # Start from the pretrained next-item predictor (the same function of the state).
             self.load_state_dict(encoder.pretrained_scorer)
 
+    @torch.no_grad()
+    def scale_(self, factor: float) -> ItemScorer:
+        """Multiplies every score by ``factor`` (in place): the scorer's own weights, not the
+        shared item table, which the encoder reads too."""
+        biases = self.item_bias if self.item_bias is not None else self.feature_bias.weight
+        for weight in (self.query.weight, self.query.bias, biases):
+            weight.mul_(factor)
+        return self
+
     def biases(self) -> Tensor:
         """``b_a`` of every item, ``[N+1]``."""
         if self.item_bias is not None:
