@@ -145,20 +145,20 @@ def gather_episodes(episodes: Episodes) -> tuple[Episodes, list[int]]:
     return merged, [part[0].numel() for part in parts]
 
 
-def evaluate_split(
+def play_split(
     make_env: Callable[[int, int], EnvBase],
     policy_for_env: Callable[[EnvBase], Policy],
     num_users: int,
     seed: int,
     max_steps: int,
-) -> dict[str, Any]:
-    """``num_users`` users split over the DDP processes, summarised over all of them.
+) -> tuple[Episodes, list[int]]:
+    """``num_users`` users' episodes, split over the DDP processes and gathered.
 
     Process r plays ``users_of_rank(num_users, r, world_size)`` users of ``make_env(n, seed + r)``
-    and the episodes are gathered, so every process returns the same numbers. With one process
-    this is exactly ``evaluate_policy(make_env(num_users, seed), ...)``; with several the users
-    are other draws of the same population (each process has its own seed), so runs on 1 and on
-    N devices are compared statistically, on as many users. Call it on every process.
+    and the episodes are gathered in rank order, so every process returns the same episodes, and
+    two policies played with the same arguments meet the same users in the same order (what
+    `paired_gap` relies on). Also returns how many users each process played. Call it on every
+    process.
     """
     rank, world_size = _distributed_world()
     share = users_of_rank(num_users, rank, world_size)
@@ -168,8 +168,43 @@ def evaluate_split(
     else:
         empty = torch.zeros(0, dtype=torch.float64)
         episodes = Episodes(empty, empty, empty, torch.zeros(0, dtype=torch.bool))
-    merged, shares = gather_episodes(episodes)
-    summary: dict[str, Any] = summarise(merged)
-    if world_size > 1:
-        summary["users_per_process"] = shares
+    return gather_episodes(episodes)
+
+
+def summarise_split(episodes: Episodes, users_per_process: list[int]) -> dict[str, Any]:
+    """`summarise`, plus how the users were split when more than one process played them."""
+    summary: dict[str, Any] = summarise(episodes)
+    if len(users_per_process) > 1:
+        summary["users_per_process"] = users_per_process
     return summary
+
+
+def evaluate_split(
+    make_env: Callable[[int, int], EnvBase],
+    policy_for_env: Callable[[EnvBase], Policy],
+    num_users: int,
+    seed: int,
+    max_steps: int,
+) -> dict[str, Any]:
+    """``num_users`` users split over the DDP processes (`play_split`), summarised over all.
+
+    With one process this is exactly ``evaluate_policy(make_env(num_users, seed), ...)``; with
+    several the users are other draws of the same population (each process has its own seed),
+    so runs on 1 and on N devices are compared statistically, on as many users. Call it on every
+    process.
+    """
+    return summarise_split(*play_split(make_env, policy_for_env, num_users, seed, max_steps))
+
+
+def paired_gap(returns: Tensor, other: Tensor) -> tuple[float, float]:
+    """Mean and 95% CI half-width of ``returns - other``, user by user.
+
+    For two policies played on the same users (`play_split` with the same seed): users differ
+    far more from each other than the policies do, and the per-user difference cancels that
+    spread, so this interval is much tighter than the two separate return intervals. A gap
+    whose interval excludes 0 is a difference the users did not cause.
+    """
+    if returns.shape != other.shape:
+        raise ValueError(f"paired returns need the same users: shapes {tuple(returns.shape)} and "
+                         f"{tuple(other.shape)}")
+    return mean_ci95(returns - other)

@@ -42,7 +42,9 @@ from recrl.checkpointing import (
 )
 from recrl.data import Sequences
 from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features
-from recrl.evaluation import process_rank, evaluate_split
+from recrl.evaluation import (
+    Episodes, paired_gap, play_split, process_rank, summarise_split,
+)
 from recrl.plotting import plot_evaluation_curve
 from recrl.ranking import (
     describe_protocol, evaluate_ranking, log_popularity, most_popular_scorer,
@@ -275,42 +277,53 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
     ``popular`` ranks items by the clicks they got during training (any simulator); on logged
     data ``popular_log`` ranks them by the training users' interactions in the log, the usual
     most-popular of recommender-systems papers.
+
+    Every baseline also records ``agent_gap_mean`` / ``agent_gap_ci95``: the agent's return minus
+    the baseline's, user by user (`paired_gap`; both played the same users), the test of "the
+    agent beats this baseline" that the two separate return intervals are too wide for.
     """
     num_users, seed = cfg.evaluation.final_num_users, cfg.evaluation.seed
 
-    def run(policy_for_env) -> dict[str, float]:
+    def play(policy_for_env) -> tuple[Episodes, dict[str, Any]]:
         # Under DDP every process plays its share of the users (call on every process).
-        return evaluate_split(
+        episodes, users_per_process = play_split(
             lambda n, s: module.make_env(n, seed=s, split="heldout"), policy_for_env,
             num_users=num_users, seed=seed, max_steps=cfg.evaluation.max_steps,
         )
+        return episodes, summarise_split(episodes, users_per_process)
 
     module.eval()
     results: dict[str, Any] = {}
     if cfg.evaluation.select == "best":
-        results["agent_last"] = run(lambda env: module.greedy_policy)
+        _, results["agent_last"] = play(lambda env: module.greedy_policy)
     selected = select_weights(module, evaluation, cfg.evaluation.select)
-    agent = run(lambda env: module.greedy_policy)
-    baselines = {
-        "random": run(lambda env: RandomRecommender(seed=seed + process_rank())),
-        "popular": run(lambda env: MostPopularRecommender(module.item_clicks)),
+    agent_episodes, agent = play(lambda env: module.greedy_policy)
+    played = {
+        "random": play(lambda env: RandomRecommender(seed=seed + process_rank())),
+        "popular": play(lambda env: MostPopularRecommender(module.item_clicks)),
     }
     if sequences is not None:
         counts = log_popularity(sequences, users=~sequences.heldout_users)
-        baselines["popular_log"] = run(lambda env: MostPopularRecommender(counts))
+        played["popular_log"] = play(lambda env: MostPopularRecommender(counts))
     if module.make_env(1, seed=seed, split="heldout").has_expected_reward:  # only simulators with hidden state
-        baselines["oracle_myopic"] = run(MyopicOracle)
+        played["oracle_myopic"] = play(MyopicOracle)
+    baselines = {}
+    for name, (episodes, summary) in played.items():
+        gap_mean, gap_ci95 = paired_gap(agent_episodes.returns, episodes.returns)
+        baselines[name] = {**summary, "agent_gap_mean": gap_mean, "agent_gap_ci95": gap_ci95}
     return {"agent": agent, **results, "selected_weights": selected, "baselines": baselines}
 
 
 def format_results_table(results: dict[str, Any]) -> str:
-    """A plain-text table of the agent next to the baselines."""
+    """A plain-text table of the agent next to the baselines; ``agent - this`` is the paired
+    per-user gap of the agent's return over each baseline's."""
     rows = [("agent", results["agent"])]
     if "agent_last" in results:
         rows.append(("agent (last)", results["agent_last"]))
     rows += results["baselines"].items()
     lines = [
-        f"{'policy':<14}{'return':>18}{'clicks':>16}{'CTR':>8}{'length':>16}{'coverage':>10}",
+        f"{'policy':<14}{'return':>18}{'clicks':>16}{'CTR':>8}{'length':>16}{'coverage':>10}"
+        f"{'agent - this':>18}",
     ]
     for name, m in rows:
         lines.append(
@@ -320,6 +333,8 @@ def format_results_table(results: dict[str, Any]) -> str:
             f"{m['ctr']:>8.3f}"
             f"{m['episode_length']:>8.1f} ± {m['episode_length_ci95']:<5.1f}"
             f"{m['coverage']:>10.3f}"
+            + (f"{m['agent_gap_mean']:>+10.1f} ± {m['agent_gap_ci95']:<5.1f}"
+               if "agent_gap_mean" in m else "")
         )
     return "\n".join(lines)
 

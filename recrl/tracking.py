@@ -230,7 +230,8 @@ def flatten(results: dict[str, Any], prefix: str = "final") -> dict[str, float]:
     return flat
 
 
-RESULT_COLUMNS = ["return_mean", "return_ci95", "clicks_mean", "ctr", "episode_length", "coverage"]
+RESULT_COLUMNS = ["return_mean", "return_ci95", "clicks_mean", "ctr", "episode_length", "coverage",
+                  "agent_gap_mean", "agent_gap_ci95"]  # the gap: baselines only (None for agents)
 
 
 def log_final_results(loggers: list[Logger], results: dict[str, Any], plot_path: Path) -> None:

@@ -10,7 +10,7 @@ from tensordict import TensorDict
 
 from recrl.baselines import MostPopularRecommender, MyopicOracle, RandomRecommender
 from recrl.envs import InterestEvolutionEnv, RecEnv, UserResponse, UserResponseModel
-from recrl.evaluation import evaluate_policy, mean_ci95
+from recrl.evaluation import evaluate_policy, mean_ci95, paired_gap, play_split
 
 
 def test_mean_ci95_by_hand() -> None:
@@ -18,6 +18,35 @@ def test_mean_ci95_by_hand() -> None:
     assert mean == pytest.approx(2.5)
     # sample sd = sqrt(5/3); 1.959964 * sd / sqrt(4)
     assert half_width == pytest.approx(1.959964 * math.sqrt(5 / 3) / 2)
+
+
+def test_paired_gap_by_hand() -> None:
+    # Per-user differences 2, 1, 2: mean 5/3, sample sd sqrt(1/3).
+    mean, half_width = paired_gap(torch.tensor([3.0, 5.0, 7.0]), torch.tensor([1.0, 4.0, 5.0]))
+    assert mean == pytest.approx(5 / 3)
+    assert half_width == pytest.approx(1.959964 * math.sqrt(1 / 3) / math.sqrt(3))
+    with pytest.raises(ValueError, match="same users"):
+        paired_gap(torch.zeros(3), torch.zeros(4))
+
+
+def test_policies_played_with_the_same_seed_meet_the_same_users_in_the_same_order() -> None:
+    """What the paired gap relies on: the same policy played twice gives a gap of exactly 0
+    user by user, while its return interval is wide (users differ); two policies' mean gap is
+    the difference of their mean returns."""
+    def make_env(num_users: int, seed: int) -> InterestEvolutionEnv:
+        return InterestEvolutionEnv(num_users, seed=seed, num_items=40, time_budget=20.0)
+
+    def play(policy_for_env):
+        return play_split(make_env, policy_for_env, num_users=64, seed=3, max_steps=2000)[0]
+
+    oracle = play(MyopicOracle)
+    again = play(MyopicOracle)
+    popular = play(lambda env: popular_by_id(40))
+    assert paired_gap(oracle.returns, again.returns) == (0.0, 0.0)
+    assert mean_ci95(oracle.returns)[1] > 1.0  # users differ: the interval of one policy is wide
+    gap, gap_ci95 = paired_gap(oracle.returns, popular.returns)
+    assert gap == pytest.approx(oracle.returns.mean().item() - popular.returns.mean().item())
+    assert gap_ci95 > 0
 
 
 def popular_by_id(num_items: int) -> MostPopularRecommender:

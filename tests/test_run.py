@@ -46,6 +46,10 @@ def test_smoke_run_writes_every_output(smoke_run: Path, algo: str) -> None:
     assert set(results["baselines"]) == {"random", "popular", "oracle_myopic"}
     for stats in results["baselines"].values():
         assert METRIC_KEYS <= stats.keys()
+        # The paired gap's mean is the difference of the means (same users on both sides).
+        assert stats["agent_gap_mean"] == pytest.approx(
+            results["agent"]["return_mean"] - stats["return_mean"])
+        assert stats["agent_gap_ci95"] >= 0
     assert results["optimizer_steps"] == 20
     assert results["frames"] in SMOKE_FRAMES[algo]
     assert results["wall_time_s"] > 0
