@@ -40,6 +40,7 @@ from recrl.checkpointing import (
     NonFiniteGuard, RunControl, RunInterrupted, check_compatible, merge_csv_metrics,
     read_checkpoint, resolve_ckpt_path, set_aside_csv_metrics,
 )
+from recrl.compare import TEST_RETURNS_FILE
 from recrl.data import Sequences
 from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features
 from recrl.evaluation import (
@@ -269,8 +270,10 @@ def select_weights(module: Any, evaluation: PeriodicEvaluation, select: str) -> 
 
 
 def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
-                     evaluation: PeriodicEvaluation) -> dict[str, Any]:
-    """The greedy agent and every baseline on the same held-out test users.
+                     evaluation: PeriodicEvaluation
+                     ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """The greedy agent and every baseline on the same held-out test users: their summaries, and
+    every user's return under each (for ``test_returns.json``).
 
     The agent runs with the weights ``evaluation.select`` chooses; when that is ``best``, the
     final weights are evaluated too (``agent_last``), so the effect of the choice is on record.
@@ -294,10 +297,13 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
 
     module.eval()
     results: dict[str, Any] = {}
+    returns: dict[str, list[float]] = {}
     if cfg.evaluation.select == "best":
-        _, results["agent_last"] = play(lambda env: module.greedy_policy)
+        last_episodes, results["agent_last"] = play(lambda env: module.greedy_policy)
+        returns["agent_last"] = last_episodes.returns.tolist()
     selected = select_weights(module, evaluation, cfg.evaluation.select)
     agent_episodes, agent = play(lambda env: module.greedy_policy)
+    returns["agent"] = agent_episodes.returns.tolist()
     played = {
         "random": play(lambda env: RandomRecommender(seed=seed + process_rank())),
         "popular": play(lambda env: MostPopularRecommender(module.item_clicks)),
@@ -311,7 +317,19 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
     for name, (episodes, summary) in played.items():
         gap_mean, gap_ci95 = paired_gap(agent_episodes.returns, episodes.returns)
         baselines[name] = {**summary, "agent_gap_mean": gap_mean, "agent_gap_ci95": gap_ci95}
-    return {"agent": agent, **results, "selected_weights": selected, "baselines": baselines}
+        returns[name] = episodes.returns.tolist()
+    results = {"agent": agent, **results, "selected_weights": selected, "baselines": baselines}
+    return results, returns
+
+
+def evaluation_population(cfg: DictConfig, world_size: int) -> dict[str, Any]:
+    """What decides which test users a run's final evaluation meets: two runs with equal
+    populations played the same users in the same order (`recrl.compare` checks it)."""
+    env = OmegaConf.to_container(cfg.env, resolve=True)
+    env.pop("cache_dir", None)  # where preprocessed data is cached changes no user
+    return {"env": env,
+            "seed": cfg.evaluation.seed, "num_users": cfg.evaluation.final_num_users,
+            "processes": world_size}
 
 
 def format_results_table(results: dict[str, Any]) -> str:
@@ -435,6 +453,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if trainer.is_global_zero:
         # Results of an earlier run in this folder no longer describe it.
         (output_dir / RESULTS_FILE).unlink(missing_ok=True)
+        (output_dir / TEST_RETURNS_FILE).unlink(missing_ok=True)
     moved_metrics = (set_aside_csv_metrics(trainer.loggers)
                      if resume is not None and trainer.is_global_zero else [])
     try:
@@ -456,9 +475,12 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         results["checkpoint"] = str(output_dir / "checkpoints" / "last.ckpt")
     else:
         # Every process plays its share of the test users; rank 0 writes what they found.
-        results = final_evaluation(module, cfg, sequences, evaluation)
+        results, test_returns = final_evaluation(module, cfg, sequences, evaluation)
         if not trainer.is_global_zero:
             return {}
+        write_json_atomically(output_dir / TEST_RETURNS_FILE, {
+            "population": evaluation_population(cfg, trainer.world_size), "returns": test_returns,
+        })
         results["frames"] = int(module.frames)
         split = (f", split over {trainer.world_size} processes (seed + rank)"
                  if trainer.world_size > 1 else "")

@@ -50,6 +50,15 @@ def test_smoke_run_writes_every_output(smoke_run: Path, algo: str) -> None:
         assert stats["agent_gap_mean"] == pytest.approx(
             results["agent"]["return_mean"] - stats["return_mean"])
         assert stats["agent_gap_ci95"] >= 0
+    # Every test user's return, for comparing runs user by user (python -m recrl.compare).
+    test_returns = json.loads((smoke_run / "test_returns.json").read_text())
+    assert set(test_returns["returns"]) == {"agent", *results["baselines"]}
+    agent_returns = test_returns["returns"]["agent"]
+    assert len(agent_returns) == results["agent"]["num_users"]
+    assert sum(agent_returns) / len(agent_returns) == pytest.approx(results["agent"]["return_mean"])
+    population = test_returns["population"]
+    assert (population["num_users"], population["processes"]) == (len(agent_returns), 1)
+    assert population["env"]["_target_"] == "recrl.envs.InterestEvolutionEnv"
     assert results["optimizer_steps"] == 20
     assert results["frames"] in SMOKE_FRAMES[algo]
     assert results["wall_time_s"] > 0
