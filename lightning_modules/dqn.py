@@ -84,7 +84,7 @@ class DQNModule(RecommenderModule):
             )
         action_spec = self.make_env(1, seed=seed).action_spec_unbatched
         self.q_network = HistoryScorer(encoder, state_value=dueling)
-        if encoder.pretrained_scorer is not None:
+        if self.q_network.scorer.from_pretrained:
             # A pretrained head (encoder.init_from) scores in its own units: a rating of the next
             # item, a next-item logit. Q-values are returns in units of reward_scale, and what
             # tells items apart in them is first the immediate reward (the dueling state value

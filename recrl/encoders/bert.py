@@ -47,7 +47,7 @@ class HistoryEncoder(nn.Module):
         init_scorer: with ``init_from``, which pretrained head the policy's item scorer starts
             from: ``"rating"`` (the predicted rating of each item: a myopic reward estimate),
             ``"next_item"`` (how likely each item comes next), or None (the encoder only; the
-            scorer starts from scratch; False means the same).
+            scorer starts from scratch; False means the same, True ``"next_item"``).
     """
 
     def __init__(
@@ -77,6 +77,8 @@ class HistoryEncoder(nn.Module):
             raise ValueError(f"encoder: history_length must be >= 1, got {history_length}")
         if init_scorer is False:  # encoder.init_scorer=false on the command line: as null
             init_scorer = None
+        if init_scorer is True:  # what true meant before the rating head existed
+            init_scorer = "next_item"
         if init_scorer not in PRETRAINED_HEADS and init_scorer is not None:
             raise ValueError(
                 f"encoder.init_scorer={init_scorer!r}: choose {' | '.join(PRETRAINED_HEADS)} or "
@@ -280,8 +282,10 @@ class ItemScorer(nn.Module):
             self.item_bias = None
             self.feature_bias = nn.Linear(encoder.item_features.shape[1], 1, bias=False)
             self._item_features = encoder.feature_matrix  # bound: follows the buffer across devices
-        if encoder.pretrained_scorer is not None and encoder.item_ids:
-            # Start from the pretrained next-item predictor (the same function of the state).
+        #: Whether this scorer starts from a pretrained head (``encoder.init_scorer``).
+        self.from_pretrained = encoder.pretrained_scorer is not None and encoder.item_ids
+        if self.from_pretrained:
+            # Start from the pretrained head (the same function of the state).
             self.load_state_dict(encoder.pretrained_scorer)
 
     @torch.no_grad()
