@@ -44,11 +44,17 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def training_transitions(sequences: Sequences, reach: int) -> Tensor:
-    """``[N+1, N+1]`` row-normalised counts of ``i -> j`` within ``reach`` steps (1 / distance)."""
+def training_interactions(sequences: Sequences) -> tuple[Tensor, Tensor]:
+    """The leave-one-out training items ``[I]`` and the user of each ``[I]``."""
     train_items, train_offsets, _, _ = sequences.leave_one_out()
     user_of = torch.repeat_interleave(torch.arange(train_offsets.numel() - 1),
                                       train_offsets[1:] - train_offsets[:-1])
+    return train_items, user_of
+
+
+def training_transitions(sequences: Sequences, reach: int) -> Tensor:
+    """``[N+1, N+1]`` row-normalised counts of ``i -> j`` within ``reach`` steps (1 / distance)."""
+    train_items, user_of = training_interactions(sequences)
     size = sequences.num_items + 1
     counts = torch.zeros(size, size)
     for distance in range(1, reach + 1):  # a handful of shifted views, no loop over users
@@ -75,11 +81,9 @@ def markov_scorer(sequences: Sequences, reach: int, decay: float) -> ScoreFn:
 
 
 def item_knn_scorer(sequences: Sequences) -> ScoreFn:
-    train_items, train_offsets, _, _ = sequences.leave_one_out()
-    user_of = torch.repeat_interleave(torch.arange(train_offsets.numel() - 1),
-                                      train_offsets[1:] - train_offsets[:-1])
+    train_items, user_of = training_interactions(sequences)
     size = sequences.num_items + 1
-    user_item = torch.zeros(train_offsets.numel() - 1, size)
+    user_item = torch.zeros(sequences.num_users, size)
     user_item[user_of, train_items] = 1.0
     co_occurrence = user_item.T @ user_item
     counts = co_occurrence.diagonal().clone()

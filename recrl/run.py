@@ -467,6 +467,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         # last.ckpt too (what encoder.init_from and ckpt_path=last read). All ranks take part.
         trainer.save_checkpoint(output_dir / "checkpoints" / LAST_CHECKPOINT)
     choices = HydraConfig.get().runtime.choices
+    test_returns: dict[str, Any] | None = None
     if is_pretraining(module):
         if not trainer.is_global_zero:
             return {}
@@ -475,12 +476,11 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         results["checkpoint"] = str(output_dir / "checkpoints" / "last.ckpt")
     else:
         # Every process plays its share of the test users; rank 0 writes what they found.
-        results, test_returns = final_evaluation(module, cfg, sequences, evaluation)
+        results, returns = final_evaluation(module, cfg, sequences, evaluation)
         if not trainer.is_global_zero:
             return {}
-        write_json_atomically(output_dir / TEST_RETURNS_FILE, {
-            "population": evaluation_population(cfg, trainer.world_size), "returns": test_returns,
-        })
+        test_returns = {"population": evaluation_population(cfg, trainer.world_size),
+                        "returns": returns}
         results["frames"] = int(module.frames)
         split = (f", split over {trainer.world_size} processes (seed + rank)"
                  if trainer.world_size > 1 else "")
@@ -503,6 +503,8 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         results["resumed_from"] = str(resume.path)
     # A resumed run completes the folder of the run that failed or was interrupted.
     (output_dir / FAILURE_FILE).unlink(missing_ok=True)
+    if test_returns is not None:  # written with results.json, never without it
+        write_json_atomically(output_dir / TEST_RETURNS_FILE, test_returns)
     write_json_atomically(output_dir / RESULTS_FILE, results)
     log_final_results(trainer.loggers, results, output_dir / "evaluation_return.png")
     if "agent" in results:

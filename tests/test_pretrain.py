@@ -116,7 +116,7 @@ def test_pretraining_learns_the_next_item_and_its_rating() -> None:
 
 @pytest.mark.parametrize("head", ["rating", "next_item", True])
 def test_an_encoder_and_its_scorer_start_from_a_pretraining_checkpoint(tmp_path: Path,
-                                                                      head: str) -> None:
+                                                                      head: str | bool) -> None:
     module = make_module(toy_sequences())
     heads = {"rating": module.rating_head, "next_item": module.next_item_head,
              True: module.next_item_head}  # True: what it meant before the rating head
