@@ -114,12 +114,13 @@ def test_pretraining_learns_the_next_item_and_its_rating() -> None:
     assert rating_error < 0.1
 
 
-@pytest.mark.parametrize("head", ["rating", "next_item", True])
+@pytest.mark.parametrize("head", ["rating", "next_item", True, "auto"])
 def test_an_encoder_and_its_scorer_start_from_a_pretraining_checkpoint(tmp_path: Path,
                                                                       head: str | bool) -> None:
     module = make_module(toy_sequences())
     heads = {"rating": module.rating_head, "next_item": module.next_item_head,
-             True: module.next_item_head}  # True: what it meant before the rating head
+             True: module.next_item_head,  # True: what it meant before the rating head
+             "auto": module.rating_head}  # auto: the rating head where there is one
     pretrained_head = heads[head]
     with torch.no_grad():
         for other in (module.rating_head, module.next_item_head):
@@ -129,6 +130,7 @@ def test_an_encoder_and_its_scorer_start_from_a_pretraining_checkpoint(tmp_path:
 
     encoder = HistoryEncoder(12, 3, hidden_size=32, num_layers=1, num_heads=2,
                              intermediate_size=64, init_from=str(path), init_scorer=head)
+    assert encoder.pretrained_scorer_head == {True: "next_item", "auto": "rating"}.get(head, head)
     for name, value in module.encoder.state_dict().items():
         torch.testing.assert_close(encoder.state_dict()[name], value)
     scorer = ItemScorer(encoder)
@@ -173,15 +175,34 @@ def test_a_log_without_ratings_trains_no_rating_head_and_says_so_when_asked_for_
     module = make_module(sequences)
     assert module.rating_head is None
     assert "rating" not in module.losses(module.windows.batch(torch.arange(4)))
+    with torch.no_grad():
+        module.next_item_head.item_bias.normal_()  # unlike a fresh scorer's
     path = tmp_path / "pretrained.ckpt"
     torch.save({"state_dict": module.state_dict()}, path)
     shape = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-    with pytest.raises(ValueError, match="has no rating head .* set encoder.init_scorer to "
-                                         "next_item or null"):
+    with pytest.raises(ValueError, match=r"has no rating head .* set encoder.init_scorer to "
+                                         r"next_item \| auto or null"):
         HistoryEncoder(12, 3, **shape, init_from=str(path), init_scorer="rating")
     HistoryEncoder(12, 3, **shape, init_from=str(path), init_scorer="next_item")  # it has that
-    with pytest.raises(ValueError, match="init_scorer='ratings': choose rating | next_item"):
+    # The default, auto, takes the next-item head: the two-step recipe works on such logs too.
+    encoder = HistoryEncoder(12, 3, **shape, init_from=str(path))
+    assert encoder.pretrained_scorer_head == "next_item"
+    torch.testing.assert_close(ItemScorer(encoder).item_bias, module.next_item_head.item_bias)
+    with pytest.raises(ValueError, match=r"init_scorer='ratings': choose rating \| next_item "
+                                         r"\| auto or null"):
         HistoryEncoder(12, 3, **shape, init_from=str(path), init_scorer="ratings")
+
+
+def test_init_scorer_auto_refuses_a_checkpoint_without_any_head(tmp_path: Path) -> None:
+    module = make_module(toy_sequences())
+    encoder_only = {k: v for k, v in module.state_dict().items() if k.startswith("encoder.")}
+    path = tmp_path / "encoder_only.ckpt"
+    torch.save({"state_dict": encoder_only}, path)
+    shape = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    with pytest.raises(ValueError, match=r"has none of the heads rating \| next_item; set "
+                                         r"encoder.init_scorer=null"):
+        HistoryEncoder(12, 3, **shape, init_from=str(path))
+    HistoryEncoder(12, 3, **shape, init_from=str(path), init_scorer=None)  # the encoder loads
 
 
 @pytest.mark.parametrize("init_scorer", [None, False])

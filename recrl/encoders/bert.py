@@ -9,12 +9,15 @@ of an all-masked attention row.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
+
+log = logging.getLogger(__name__)
 
 #: Response codes written by the environments (``history_response``).
 NUM_RESPONSE_CODES = 3  # 0 = padding, 1 = shown and skipped, 2 = clicked
@@ -46,8 +49,10 @@ class HistoryEncoder(nn.Module):
             must match.
         init_scorer: with ``init_from``, which pretrained head the policy's item scorer starts
             from: ``"rating"`` (the predicted rating of each item: a myopic reward estimate),
-            ``"next_item"`` (how likely each item comes next), or None (the encoder only; the
-            scorer starts from scratch; False means the same, True ``"next_item"``).
+            ``"next_item"`` (how likely each item comes next), ``"auto"`` (the rating head where
+            the checkpoint has one, else the next-item head: logs without ratings train no
+            rating head), or None (the encoder only; the scorer starts from scratch; False means
+            the same, True ``"next_item"``). ``pretrained_scorer_head`` says which was loaded.
     """
 
     def __init__(
@@ -63,7 +68,7 @@ class HistoryEncoder(nn.Module):
         item_features: Tensor | None = None,
         item_ids: bool = True,
         init_from: str | None = None,
-        init_scorer: str | bool | None = "rating",
+        init_scorer: str | bool | None = "auto",
     ) -> None:
         super().__init__()
         if not item_ids and item_features is None:
@@ -79,10 +84,10 @@ class HistoryEncoder(nn.Module):
             init_scorer = None
         if init_scorer is True:  # what true meant before the rating head existed
             init_scorer = "next_item"
-        if init_scorer not in PRETRAINED_HEADS and init_scorer is not None:
+        if init_scorer not in (*PRETRAINED_HEADS, AUTO_HEAD) and init_scorer is not None:
             raise ValueError(
-                f"encoder.init_scorer={init_scorer!r}: choose {' | '.join(PRETRAINED_HEADS)} or "
-                "null (the encoder only)"
+                f"encoder.init_scorer={init_scorer!r}: choose {' | '.join(PRETRAINED_HEADS)} | "
+                f"{AUTO_HEAD} or null (the encoder only)"
             )
         self.bert = self._build_bert(
             history_length, hidden_size, num_layers, num_heads, intermediate_size, dropout,
@@ -115,10 +120,16 @@ class HistoryEncoder(nn.Module):
             with torch.no_grad():
                 self.item_embedding.weight[0] = 0.0  # the padding id stays a zero vector
         nn.init.normal_(self.state_token, std=0.02)
-        #: The pretrained next-item head's weights, for `ItemScorer` (None without init_from).
+        #: The pretrained head's weights, for `ItemScorer` (None without init_from), and which
+        #: head of `PRETRAINED_HEADS` they are.
         self.pretrained_scorer: dict[str, Tensor] | None = None
+        self.pretrained_scorer_head: str | None = None
         if init_from is not None:
-            encoder_state, self.pretrained_scorer = load_pretrained(init_from, init_scorer)
+            encoder_state, self.pretrained_scorer, self.pretrained_scorer_head = load_pretrained(
+                init_from, init_scorer)
+            if init_scorer == AUTO_HEAD:
+                log.info("encoder.init_scorer=auto: the policy's scorer starts from the %s head "
+                         "of %s", self.pretrained_scorer_head, init_from)
             try:
                 self.load_state_dict(encoder_state)
             except RuntimeError as err:
@@ -223,12 +234,15 @@ class HistoryEncoder(nn.Module):
 #: The heads of an ``algo=pretrain`` checkpoint a policy's scorer can start from, by the name
 #: ``encoder.init_scorer`` gives them, and their key prefix in the checkpoint.
 PRETRAINED_HEADS = {"rating": "rating_head.", "next_item": "next_item_head."}
+#: ``encoder.init_scorer=auto``: the first head of `PRETRAINED_HEADS` the checkpoint holds.
+AUTO_HEAD = "auto"
 
 
 def load_pretrained(path: str, head: str | None = None
-                    ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-    """The encoder weights of an ``algo=pretrain`` checkpoint, and its ``head`` (a key of
-    `PRETRAINED_HEADS`; None: no head).
+                    ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, str | None]:
+    """The encoder weights of an ``algo=pretrain`` checkpoint, its ``head`` (a key of
+    `PRETRAINED_HEADS`; ``"auto"``: the first of them the checkpoint holds; None: no head), and
+    that head's name.
 
     Accepts Lightning checkpoints (``checkpoints/last.ckpt``; read with ``weights_only=True``, so
     loading a checkpoint cannot run code) and plain state dicts.
@@ -248,16 +262,24 @@ def load_pretrained(path: str, head: str | None = None
             "the checkpoint of an algo=pretrain run?"
         )
     if head is None:
-        return encoder, None
-    prefix = PRETRAINED_HEADS[head]
-    scorer = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    if not scorer:
+        return encoder, None, None
+    heads = {name: {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+             for name, prefix in PRETRAINED_HEADS.items()}
+    if head == AUTO_HEAD:  # a log without ratings trains no rating head
+        head = next((name for name, weights in heads.items() if weights), None)
+        if head is None:
+            raise ValueError(
+                f"encoder.init_from={path!r} has none of the heads "
+                f"{' | '.join(PRETRAINED_HEADS)}; set encoder.init_scorer=null to load its "
+                "encoder only"
+            )
+    if not heads[head]:
         raise ValueError(
             f"encoder.init_from={path!r} has no {head} head (a rating head is trained only on "
             "logs with ratings and algo.rating_weight > 0); set encoder.init_scorer to "
-            f"{' or '.join(h for h in PRETRAINED_HEADS if h != head)} or null"
+            f"{' | '.join(h for h in (*PRETRAINED_HEADS, AUTO_HEAD) if h != head)} or null"
         )
-    return encoder, scorer
+    return encoder, heads[head], head
 
 
 class ItemScorer(nn.Module):
