@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from recrl.data import Sequences
-from recrl.evaluation import evaluate_split
+from recrl.evaluation import evaluate_users
 from recrl.ranking import evaluate_ranking
 
 
@@ -63,9 +63,9 @@ class PeriodicEvaluation(EveryNSteps):
     far (``self.best``; checkpointed, so a resumed run still knows them): the model selection of
     ``evaluation.select=best``.
 
-    Under DDP the users are split over the processes and the episodes gathered
-    (``recrl.evaluation.evaluate_split``): every rank holds the same curve and best weights (DDP
-    keeps the weights equal) and rank 0 logs.
+    Under DDP rank 0 plays the users and sends the episodes to the other ranks
+    (``recrl.evaluation.evaluate_users``): every rank holds the same curve and best weights (DDP
+    keeps the weights equal), the same as a one-process run's, and rank 0 logs.
     """
 
     def __init__(self, every_n_steps: int, num_users: int, seed: int, max_steps: int,
@@ -101,7 +101,7 @@ class PeriodicEvaluation(EveryNSteps):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            metrics = evaluate_split(
+            metrics = evaluate_users(
                 lambda num_users, seed: pl_module.make_env(num_users, seed=seed, split="heldout"),
                 lambda env: pl_module.greedy_policy,
                 num_users=self.num_users, seed=self.seed, max_steps=self.max_steps,

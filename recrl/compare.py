@@ -2,9 +2,10 @@
 
 Every run's final evaluation writes ``test_returns.json``: each held-out test user's return under
 the agent and under each baseline. When two runs met the same users (same simulator config,
-evaluation seed, number of users and processes: the file's ``population``), the difference of
-their agents' returns user by user has a far tighter interval than the two runs' separate
-return intervals, because users differ much more from each other than two policies do. This is
+evaluation seed and number of users, on any number of processes: the file's ``population``),
+the difference of their agents' returns user by user has a far tighter interval than the two
+runs' separate return intervals, because users differ much more from each other than two
+policies do. This is
 the test behind "a run from a pretrained encoder beats the same run from scratch".
 
     python -m recrl.compare outputs/2026-11-30/10-00-00 outputs/2026-11-30/11-00-00
@@ -54,8 +55,8 @@ def compare_runs(run_a: Path, run_b: Path, policy_a: str = "agent",
     if differing:
         raise ComparisonError(
             f"{run_a} and {run_b} evaluated different test users (their {', '.join(differing)} "
-            "differ): a per-user comparison needs the same env config, evaluation.seed, "
-            "evaluation.final_num_users and number of processes"
+            "differ): a per-user comparison needs the same env config, evaluation.seed and "
+            "evaluation.final_num_users"
         )
     for run, data, policy in ((run_a, a, policy_a), (run_b, b, policy_b)):
         if policy not in data["returns"]:

@@ -99,12 +99,7 @@ def evaluate_policy(env: EnvBase, policy: Policy, max_steps: int = 10_000) -> di
     return summarise(play_episodes(env, policy, max_steps))
 
 
-# -- evaluation split over DDP processes ---------------------------------------------------------
-def users_of_rank(num_users: int, rank: int, world_size: int) -> int:
-    """Rank ``rank``'s share of ``num_users`` users: as equal as possible, lower ranks first."""
-    return num_users // world_size + int(rank < num_users % world_size)
-
-
+# -- evaluation under DDP --------------------------------------------------------------------------
 def _distributed_world() -> tuple[int, int]:
     """(rank, world size) of the initialised process group; (0, 1) without one."""
     if dist.is_available() and dist.is_initialized():
@@ -112,94 +107,62 @@ def _distributed_world() -> tuple[int, int]:
     return 0, 1
 
 
-def process_rank() -> int:
-    """This process's rank in the initialised process group (0 without one): evaluation
-    policies with their own randomness seed themselves with ``seed + process_rank()``."""
-    return _distributed_world()[0]
+_BROADCAST_GROUP: Any = None
 
 
-_GATHER_GROUP: Any = None
-
-
-def _gather_group() -> Any:
-    """A gloo group over all processes: evaluation statistics are small CPU tensors, whatever
+def _broadcast_group() -> Any:
+    """A gloo group over all processes: evaluation results are small CPU tensors, whatever
     backend (NCCL on GPUs) training uses. Created once, by every process together."""
-    global _GATHER_GROUP
-    if _GATHER_GROUP is None:
-        _GATHER_GROUP = dist.new_group(backend="gloo")
-    return _GATHER_GROUP
+    global _BROADCAST_GROUP
+    if _BROADCAST_GROUP is None:
+        _BROADCAST_GROUP = dist.new_group(backend="gloo")
+    return _BROADCAST_GROUP
 
 
-def gather_episodes(episodes: Episodes) -> tuple[Episodes, list[int]]:
-    """Every process's episodes, concatenated in rank order (identical on every process), and
-    the number of users each process played."""
-    rank, world_size = _distributed_world()
-    if world_size == 1:
-        return episodes, [episodes.returns.numel()]
-    parts: list[Any] = [None] * world_size
-    dist.all_gather_object(parts, tuple(t.cpu() for t in episodes), group=_gather_group())
-    merged = Episodes(
-        *(torch.cat([part[i] for part in parts]) for i in range(3)),
-        torch.stack([part[3] for part in parts if part[0].numel()]).any(dim=0),
-    )
-    return merged, [part[0].numel() for part in parts]
-
-
-def play_split(
+def play_users(
     make_env: Callable[[int, int], EnvBase],
     policy_for_env: Callable[[EnvBase], Policy],
     num_users: int,
     seed: int,
     max_steps: int,
-) -> tuple[Episodes, list[int]]:
-    """``num_users`` users' episodes, split over the DDP processes and gathered.
+) -> Episodes:
+    """One episode for each of the ``num_users`` users of ``make_env(num_users, seed)``.
 
-    Process r plays ``users_of_rank(num_users, r, world_size)`` users of ``make_env(n, seed + r)``
-    and the episodes are gathered in rank order, so every process returns the same episodes, and
-    two policies played with the same arguments meet the same users in the same order (what
-    `paired_gap` relies on). Also returns how many users each process played. Call it on every
+    Two policies played with the same arguments meet the same users in the same order (what
+    `paired_gap` relies on). Under DDP, process 0 plays them all and sends the episodes to the
+    others: every process returns the same episodes, and they are the users, and the numbers, a
+    one-process run with the same weights gets, whatever the number of processes (the others
+    wait; one batched episode per user is a small part of a training run). Call it on every
     process.
     """
     rank, world_size = _distributed_world()
-    share = users_of_rank(num_users, rank, world_size)
-    if share > 0:
-        env = make_env(share, seed + rank)
+    episodes = None
+    if rank == 0:
+        env = make_env(num_users, seed)
         episodes = play_episodes(env, policy_for_env(env), max_steps)
-    else:
-        empty = torch.zeros(0, dtype=torch.float64)
-        episodes = Episodes(empty, empty, empty, torch.zeros(0, dtype=torch.bool))
-    return gather_episodes(episodes)
+    if world_size > 1:
+        box = [None if episodes is None else tuple(t.cpu() for t in episodes)]
+        dist.broadcast_object_list(box, src=0, group=_broadcast_group())
+        episodes = Episodes(*box[0])
+    return episodes
 
 
-def summarise_split(episodes: Episodes, users_per_process: list[int]) -> dict[str, Any]:
-    """`summarise`, plus how the users were split when more than one process played them."""
-    summary: dict[str, Any] = summarise(episodes)
-    if len(users_per_process) > 1:
-        summary["users_per_process"] = users_per_process
-    return summary
-
-
-def evaluate_split(
+def evaluate_users(
     make_env: Callable[[int, int], EnvBase],
     policy_for_env: Callable[[EnvBase], Policy],
     num_users: int,
     seed: int,
     max_steps: int,
 ) -> dict[str, Any]:
-    """``num_users`` users split over the DDP processes (`play_split`), summarised over all.
-
-    With one process this is exactly ``evaluate_policy(make_env(num_users, seed), ...)``; with
-    several the users are other draws of the same population (each process has its own seed),
-    so runs on 1 and on N devices are compared statistically, on as many users. Call it on every
-    process.
-    """
-    return summarise_split(*play_split(make_env, policy_for_env, num_users, seed, max_steps))
+    """`play_users`, summarised (`summarise`): on every process, the numbers a one-process run
+    gets. Call it on every process."""
+    return summarise(play_users(make_env, policy_for_env, num_users, seed, max_steps))
 
 
 def paired_gap(returns: Tensor, other: Tensor) -> tuple[float, float]:
     """Mean and 95% CI half-width of ``returns - other``, user by user.
 
-    For two policies played on the same users (`play_split` with the same seed): users differ
+    For two policies played on the same users (`play_users` with the same seed): users differ
     far more from each other than the policies do, and the per-user difference cancels that
     spread, so this interval is much tighter than the two separate return intervals. A gap
     whose interval excludes 0 is a difference the users did not cause.

@@ -43,9 +43,7 @@ from recrl.checkpointing import (
 from recrl.compare import TEST_RETURNS_FILE
 from recrl.data import Sequences
 from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features
-from recrl.evaluation import (
-    Episodes, paired_gap, play_split, process_rank, summarise_split,
-)
+from recrl.evaluation import Episodes, paired_gap, play_users, summarise
 from recrl.plotting import plot_evaluation_curve
 from recrl.ranking import (
     describe_protocol, evaluate_ranking, log_popularity, most_popular_scorer,
@@ -288,12 +286,12 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
     num_users, seed = cfg.evaluation.final_num_users, cfg.evaluation.seed
 
     def play(policy_for_env) -> tuple[Episodes, dict[str, Any]]:
-        # Under DDP every process plays its share of the users (call on every process).
-        episodes, users_per_process = play_split(
+        # Under DDP process 0 plays the users and sends the episodes on (call on every process).
+        episodes = play_users(
             lambda n, s: module.make_env(n, seed=s, split="heldout"), policy_for_env,
             num_users=num_users, seed=seed, max_steps=cfg.evaluation.max_steps,
         )
-        return episodes, summarise_split(episodes, users_per_process)
+        return episodes, summarise(episodes)
 
     module.eval()
     results: dict[str, Any] = {}
@@ -305,7 +303,7 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
     agent_episodes, agent = play(lambda env: module.greedy_policy)
     returns["agent"] = agent_episodes.returns.tolist()
     played = {
-        "random": play(lambda env: RandomRecommender(seed=seed + process_rank())),
+        "random": play(lambda env: RandomRecommender(seed=seed)),
         "popular": play(lambda env: MostPopularRecommender(module.item_clicks)),
     }
     if sequences is not None:
@@ -322,14 +320,14 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
     return results, returns
 
 
-def evaluation_population(cfg: DictConfig, world_size: int) -> dict[str, Any]:
+def evaluation_population(cfg: DictConfig) -> dict[str, Any]:
     """What decides which test users a run's final evaluation meets: two runs with equal
-    populations played the same users in the same order (`recrl.compare` checks it)."""
+    populations played the same users in the same order (`recrl.compare` checks it), whatever
+    number of processes each ran on (`recrl.evaluation.play_users`)."""
     env = OmegaConf.to_container(cfg.env, resolve=True)
     env.pop("cache_dir", None)  # where preprocessed data is cached changes no user
     return {"env": env,
-            "seed": cfg.evaluation.seed, "num_users": cfg.evaluation.final_num_users,
-            "processes": world_size}
+            "seed": cfg.evaluation.seed, "num_users": cfg.evaluation.final_num_users}
 
 
 def format_results_table(results: dict[str, Any]) -> str:
@@ -475,18 +473,16 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                    "validation": evaluation.curve[-1]}
         results["checkpoint"] = str(output_dir / "checkpoints" / "last.ckpt")
     else:
-        # Every process plays its share of the test users; rank 0 writes what they found.
+        # Every process takes part (rank 0 plays the test users); rank 0 writes the results.
         results, returns = final_evaluation(module, cfg, sequences, evaluation)
         if not trainer.is_global_zero:
             return {}
-        test_returns = {"population": evaluation_population(cfg, trainer.world_size),
+        test_returns = {"population": evaluation_population(cfg),
                         "returns": returns}
         results["frames"] = int(module.frames)
-        split = (f", split over {trainer.world_size} processes (seed + rank)"
-                 if trainer.world_size > 1 else "")
         results["evaluation_protocol"] = (
             f"online, simulator, {cfg.evaluation.final_num_users} held-out test users "
-            f"(seed {cfg.evaluation.seed}{split}), one episode each, greedy policy with the "
+            f"(seed {cfg.evaluation.seed}), one episode each, greedy policy with the "
             f"{cfg.evaluation.select} weights by the return of {cfg.evaluation.num_users} "
             f"validation users (seed {cfg.evaluation.val_seed}); ± is a 95% CI over users"
         )

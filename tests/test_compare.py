@@ -11,7 +11,7 @@ import pytest
 from recrl.compare import ComparisonError, compare_runs, main
 
 POPULATION = {"env": {"_target_": "recrl.envs.LoggedEnv", "format": "ml-100k"}, "seed": 1,
-              "num_users": 3, "processes": 1}
+              "num_users": 3}
 
 
 def write_run(folder: Path, returns: dict[str, list[float]], **population) -> Path:

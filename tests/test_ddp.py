@@ -134,14 +134,39 @@ def test_ddp_both_ranks_step_and_frames_are_total(ddp_run: Path, algo: str) -> N
     assert all(d["frames"] == results["frames"] for d in dumps)
 
 
-def test_ddp_evaluation_is_split_over_the_ranks(ddp_run: Path) -> None:
-    """Each rank plays half of the test users (debug=smoke: 32) for the agent and every baseline;
-    the gathered summary covers all of them. The periodic evaluations are split alike."""
+def test_ddp_evaluation_meets_the_users_of_a_one_process_run(ddp_run: Path) -> None:
+    """Rank 0 plays the test users (debug=smoke: 32) and sends the episodes on: every user's
+    return under the agent and the baselines is what one process playing the final weights on
+    the users of a one-process run gets. The periodic evaluations are played alike."""
+    from omegaconf import OmegaConf
+
+    from recrl.baselines import MostPopularRecommender, RandomRecommender
+    from recrl.evaluation import play_users
+    from recrl.run import build_module
+
     results = json.loads((ddp_run / "results.json").read_text())
     for stats in (results["agent"], *results["baselines"].values()):
-        assert stats["num_users"] == 32
-        assert stats["users_per_process"] == [16, 16]
-    assert "split over 2 processes" in results["evaluation_protocol"]
+        assert stats["num_users"] == 32 and "users_per_process" not in stats
+    recorded = json.loads((ddp_run / "test_returns.json").read_text())
+    assert "processes" not in recorded["population"]
+
+    cfg = OmegaConf.load(ddp_run / ".hydra" / "config.yaml")
+    module, _ = build_module(cfg)
+    module.load_state_dict(rank_dumps(ddp_run)[0]["state_dict"])  # the final weights (select=last)
+    module.eval()
+    policies = {"agent": lambda env: module.greedy_policy,
+                "random": lambda env: RandomRecommender(seed=cfg.evaluation.seed),
+                "popular": lambda env: MostPopularRecommender(module.item_clicks)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each DDP process ran: the same sums, the same greedy choices
+    try:
+        for name, policy in policies.items():
+            episodes = play_users(lambda n, s: module.make_env(n, seed=s, split="heldout"),
+                                  policy, num_users=cfg.evaluation.final_num_users,
+                                  seed=cfg.evaluation.seed, max_steps=cfg.evaluation.max_steps)
+            assert episodes.returns.tolist() == pytest.approx(recorded["returns"][name]), name
+    finally:
+        torch.set_num_threads(threads)
     with open(ddp_run / "metrics.csv") as f:
         val_rows = [row for row in csv.DictReader(f) if row["val/return"]]
     assert [int(row["step"]) for row in val_rows] == [0, 10, 20]

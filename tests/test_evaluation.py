@@ -10,7 +10,7 @@ from tensordict import TensorDict
 
 from recrl.baselines import MostPopularRecommender, MyopicOracle, RandomRecommender
 from recrl.envs import InterestEvolutionEnv, RecEnv, UserResponse, UserResponseModel
-from recrl.evaluation import evaluate_policy, mean_ci95, paired_gap, play_split
+from recrl.evaluation import evaluate_policy, mean_ci95, paired_gap, play_users
 
 
 def test_mean_ci95_by_hand() -> None:
@@ -37,7 +37,7 @@ def test_policies_played_with_the_same_seed_meet_the_same_users_in_the_same_orde
         return InterestEvolutionEnv(num_users, seed=seed, num_items=40, time_budget=20.0)
 
     def play(policy_for_env):
-        return play_split(make_env, policy_for_env, num_users=64, seed=3, max_steps=2000)[0]
+        return play_users(make_env, policy_for_env, num_users=64, seed=3, max_steps=2000)
 
     oracle = play(MyopicOracle)
     again = play(MyopicOracle)
@@ -134,42 +134,37 @@ def test_no_oracle_for_users_without_exposed_state() -> None:
 
 
 def _evaluate_in_process_group(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    """One process of test_evaluation_split_over_processes_gathers_every_users_episode."""
+    """One process of test_under_ddp_rank_0_plays_the_users_of_a_one_process_run."""
     import torch.distributed as dist
 
-    from recrl.evaluation import evaluate_split, process_rank
+    from recrl.evaluation import evaluate_users
+
+    def make_env(num_users: int, seed: int) -> InterestEvolutionEnv:
+        if rank != 0:
+            raise AssertionError("only rank 0 plays the users")
+        return InterestEvolutionEnv(num_users, seed=seed, num_items=40)
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size)
     try:
-        summary = evaluate_split(
-            lambda n, seed: InterestEvolutionEnv(n, seed=seed, num_items=40),
-            lambda env: RandomRecommender(seed=7 + process_rank()),
-            num_users=9, seed=100, max_steps=2000,
-        )
+        summary = evaluate_users(make_env, lambda env: RandomRecommender(seed=7),
+                                 num_users=9, seed=100, max_steps=2000)
         torch.save(summary, f"{out_dir}/{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_evaluation_split_over_processes_gathers_every_users_episode(tmp_path) -> None:
-    """Two gloo processes play 5 + 4 of 9 users (seeds 100 and 101) and both report the summary
-    of all 9 episodes: the same numbers as playing each share alone and pooling them."""
+def test_under_ddp_rank_0_plays_the_users_of_a_one_process_run(tmp_path) -> None:
+    """Two gloo processes: rank 0 plays all 9 users, rank 1 none (its env would raise), and
+    both report exactly what one process playing the same users reports, so runs on any number
+    of devices meet the same users."""
     import torch.multiprocessing as mp
-
-    from recrl.evaluation import Episodes, play_episodes, summarise
 
     mp.spawn(_evaluate_in_process_group, args=(2, str(tmp_path / "init"), str(tmp_path)),
              nprocs=2, join=True)
     first, second = (torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in (0, 1))
     assert first == second
-    assert first["num_users"] == 9 and first["users_per_process"] == [5, 4]
-
-    shares = [play_episodes(InterestEvolutionEnv(n, seed=100 + r, num_items=40),
-                            RandomRecommender(seed=7 + r), max_steps=2000)
-              for r, n in enumerate((5, 4))]
-    pooled = Episodes(*(torch.cat([s[i] for s in shares]) for i in range(3)),
-                      shares[0].recommended | shares[1].recommended)
-    expected = summarise(pooled)
-    for key, value in expected.items():
-        assert first[key] == pytest.approx(value), key
+    alone = evaluate_policy(InterestEvolutionEnv(9, seed=100, num_items=40),
+                            RandomRecommender(seed=7), max_steps=2000)
+    assert first == alone
+    assert first["num_users"] == 9 and "users_per_process" not in first
