@@ -72,8 +72,8 @@ def main() -> None:
                 "head, greedy": HeadPolicy(module.encoder, scorer, None)}
     policies.update({f"head, sampled at scale {s:g}": HeadPolicy(module.encoder, scorer, s)
                      for s in args.scales})
-    print(f"{args.checkpoint} (head: {cfg.encoder.init_scorer}), {args.users} held-out test "
-          f"users (seed {cfg.evaluation.seed}):\n")
+    print(f"{args.checkpoint} (head: {module.encoder.pretrained_scorer_head}), {args.users} "
+          f"held-out test users (seed {cfg.evaluation.seed}):\n")
     print("| policy | return | episode length |\n|---|---:|---:|")
     for name, policy in policies.items():
         env = module.make_env(args.users, seed=cfg.evaluation.seed, split="heldout")

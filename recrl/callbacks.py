@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from recrl.data import Sequences
-from recrl.evaluation import evaluate_users
+from recrl.evaluation import play_users, summarise
 from recrl.ranking import evaluate_ranking
 
 
@@ -64,7 +64,7 @@ class PeriodicEvaluation(EveryNSteps):
     ``evaluation.select=best``.
 
     Under DDP rank 0 plays the users and sends the episodes to the other ranks
-    (``recrl.evaluation.evaluate_users``): every rank holds the same curve and best weights (DDP
+    (``recrl.evaluation.play_users``): every rank holds the same curve and best weights (DDP
     keeps the weights equal), the same as a one-process run's, and rank 0 logs.
     """
 
@@ -101,11 +101,11 @@ class PeriodicEvaluation(EveryNSteps):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            metrics = evaluate_users(
+            metrics = summarise(play_users(
                 lambda num_users, seed: pl_module.make_env(num_users, seed=seed, split="heldout"),
                 lambda env: pl_module.greedy_policy,
                 num_users=self.num_users, seed=self.seed, max_steps=self.max_steps,
-            )
+            ))
         finally:
             pl_module.train(was_training)
         point = {"step": trainer.global_step, "frames": int(pl_module.frames), **metrics}

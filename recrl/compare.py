@@ -5,8 +5,8 @@ the agent and under each baseline. When two runs met the same users (same simula
 evaluation seed and number of users, on any number of processes: the file's ``population``),
 the difference of their agents' returns user by user has a far tighter interval than the two
 runs' separate return intervals, because users differ much more from each other than two
-policies do. This is
-the test behind "a run from a pretrained encoder beats the same run from scratch".
+policies do. This is the test behind "a run from a pretrained encoder beats the same run from
+scratch".
 
     python -m recrl.compare outputs/2026-11-30/10-00-00 outputs/2026-11-30/11-00-00
     python -m recrl.compare RUN_A RUN_B --policy popular     # A's agent minus B's popular

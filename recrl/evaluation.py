@@ -147,18 +147,6 @@ def play_users(
     return episodes
 
 
-def evaluate_users(
-    make_env: Callable[[int, int], EnvBase],
-    policy_for_env: Callable[[EnvBase], Policy],
-    num_users: int,
-    seed: int,
-    max_steps: int,
-) -> dict[str, Any]:
-    """`play_users`, summarised (`summarise`): on every process, the numbers a one-process run
-    gets. Call it on every process."""
-    return summarise(play_users(make_env, policy_for_env, num_users, seed, max_steps))
-
-
 def paired_gap(returns: Tensor, other: Tensor) -> tuple[float, float]:
     """Mean and 95% CI half-width of ``returns - other``, user by user.
 

@@ -137,7 +137,7 @@ def _evaluate_in_process_group(rank: int, world_size: int, init_file: str, out_d
     """One process of test_under_ddp_rank_0_plays_the_users_of_a_one_process_run."""
     import torch.distributed as dist
 
-    from recrl.evaluation import evaluate_users
+    from recrl.evaluation import play_users, summarise
 
     def make_env(num_users: int, seed: int) -> InterestEvolutionEnv:
         if rank != 0:
@@ -147,8 +147,8 @@ def _evaluate_in_process_group(rank: int, world_size: int, init_file: str, out_d
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size)
     try:
-        summary = evaluate_users(make_env, lambda env: RandomRecommender(seed=7),
-                                 num_users=9, seed=100, max_steps=2000)
+        summary = summarise(play_users(make_env, lambda env: RandomRecommender(seed=7),
+                                       num_users=9, seed=100, max_steps=2000))
         torch.save(summary, f"{out_dir}/{rank}.pt")
     finally:
         dist.destroy_process_group()
