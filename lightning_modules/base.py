@@ -136,6 +136,11 @@ class RecommenderModule(L.LightningModule):
     def load_resume_state(self, state: dict) -> None:
         """Restores what ``resume_state`` returned."""
 
+    def policy_weights(self) -> dict[str, Tensor]:
+        """The live tensors the greedy policy computes with, by name: what
+        ``evaluation.select=best`` keeps a copy of and loads back. Trained parameters by default."""
+        return dict(self.named_parameters())
+
     #: Where the greedy policy writes its score of every item (Q-values, logits, ...).
     score_key: str = "action_value"
 

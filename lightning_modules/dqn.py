@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModule, TensorDictSequential
+from tensordict import TensorDictBase, TensorDictParams
+from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.postprocs import MultiStep
 from torchrl.data.replay_buffers import PrioritizedSampler, RandomSampler
@@ -30,6 +30,24 @@ from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
 from lightning_modules.base import HISTORY_KEYS, EnvFactory, RecommenderModule
 from recrl.checkpointing import load_replay_buffer_state, replay_buffer_state
 from recrl.encoders import HistoryEncoder, HistoryScorer, ItemScorer
+
+
+class ActWithWeights(TensorDictModuleBase):
+    """Runs ``policy`` with other weights of its own shape, e.g. the target network's.
+
+    The weights are swapped in for one call (``TensorDictParams.to_module``) and swapped back,
+    so one set of modules serves both networks and nothing is copied.
+    """
+
+    def __init__(self, policy: TensorDictModuleBase, weights: TensorDictParams) -> None:
+        super().__init__()
+        self.policy = policy
+        self.in_keys, self.out_keys = policy.in_keys, policy.out_keys
+        self._weights = (weights,)  # a tuple: not registered, the loss module owns them
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        with self._weights[0].to_module(self.policy):
+            return self.policy(tensordict)
 
 
 class DQNModule(RecommenderModule):
@@ -65,6 +83,7 @@ class DQNModule(RecommenderModule):
         target_update: str = "soft",
         target_tau: float = 0.005,
         target_hard_period: int = 1_000,
+        greedy_network: str = "online",
         eps_init: float = 1.0,
         eps_end: float = 0.2,
         eps_annealing_frames: int = 20_000,
@@ -77,6 +96,10 @@ class DQNModule(RecommenderModule):
         self.save_hyperparameters(ignore=["encoder", "env_factory"])
         if target_update not in ("soft", "hard"):
             raise ValueError(f"algo.target_update must be 'soft' or 'hard', got {target_update!r}")
+        if greedy_network not in ("online", "target"):
+            raise ValueError(
+                f"algo.greedy_network must be 'online' or 'target', got {greedy_network!r}"
+            )
         if n_steps < 1 or frames_per_batch // num_envs < n_steps:
             raise ValueError(
                 f"algo.n_steps={n_steps} must be >= 1 and at most the rollout length "
@@ -139,8 +162,25 @@ class DQNModule(RecommenderModule):
         self._priority_batch: TensorDictBase | None = None  # its TD errors update priorities
 
     @property
-    def greedy_policy(self) -> QValueActor:
+    def greedy_policy(self) -> TensorDictModuleBase:
+        # greedy_network=target: the evaluated policy acts with the soft-updated target network,
+        # a Polyak average of the online weights over about 1 / target_tau updates, which swings
+        # less from update to update than the online network does. Exploration (collection)
+        # always acts with the online network.
+        if self.hparams.greedy_network == "target":
+            return ActWithWeights(self.policy, self.loss_module.target_value_network_params)
         return self.policy
+
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        weights = super().policy_weights()
+        if self.hparams.greedy_network == "target":
+            # The target network is buffers of the loss module, not parameters: keep those that
+            # mirror a trained parameter (not constant buffers such as item-text features).
+            online = self.loss_module.value_network_params.flatten_keys(".")
+            target = self.loss_module.target_value_network_params.flatten_keys(".")
+            weights.update((f"target_network.{key}", target[key]) for key in online.keys()
+                           if isinstance(online[key], torch.nn.Parameter))
+        return weights
 
     @property
     def collection_policy(self) -> TensorDictSequential:

@@ -79,7 +79,8 @@ class PeriodicEvaluation(EveryNSteps):
         self.max_steps = max_steps
         self.keep_best = keep_best
         self.curve: list[dict[str, float]] = []
-        #: ``{"point": curve point, "weights": {parameter name: tensor}}`` of the best evaluation.
+        #: ``{"point": curve point, "weights": {name: tensor}}`` of the best evaluation (the
+        #: module's ``policy_weights``).
         self.best: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -92,7 +93,8 @@ class PeriodicEvaluation(EveryNSteps):
     def _remember_if_best(self, point: dict[str, float], pl_module: Any) -> None:
         if self.best is not None and point["return_mean"] <= self.best["point"]["return_mean"]:
             return
-        weights = {name: p.detach().to("cpu", copy=True) for name, p in pl_module.named_parameters()}
+        weights = {name: tensor.detach().to("cpu", copy=True)
+                   for name, tensor in pl_module.policy_weights().items()}
         self.best = {"point": dict(point), "weights": weights}
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:

@@ -259,8 +259,8 @@ def select_weights(module: Any, evaluation: PeriodicEvaluation, select: str) -> 
     if select == "best" and evaluation.best is not None:
         point, weights = evaluation.best["point"], evaluation.best["weights"]
         with torch.no_grad():
-            for name, parameter in module.named_parameters():
-                parameter.copy_(weights[name])
+            for name, tensor in module.policy_weights().items():
+                tensor.copy_(weights[name])
     else:
         point = evaluation.curve[-1]
     return {"rule": select, "step": int(point["step"]), "frames": int(point["frames"]),

@@ -60,6 +60,30 @@ def test_double_dqn_target_network_and_loss() -> None:
     assert online[key].data_ptr() != target[key].data_ptr()  # a separate copy, not a view
 
 
+def test_greedy_network_target_acts_with_the_target_weights() -> None:
+    """greedy_network=target: the evaluated Q-values are the target network's (the weights are
+    swapped in for the call and back), exploration still acts with the online network."""
+    module = make_module(greedy_network="target", eps_init=0.0, eps_end=0.0)
+    with torch.no_grad():
+        module.q_network.scorer.item_bias.add_(torch.arange(61.0))  # online and target now differ
+    observation = masked_observation(module, 4)
+    reference = make_module()  # same initial weights: the target network's, as a plain policy
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        evaluated = module.greedy_policy(observation.clone())["action_value"]
+        target = reference.policy(observation.clone())["action_value"]
+        online = module.policy(observation.clone())["action_value"]  # swapped back after the call
+        collected = module.collection_policy(observation.clone())["action_value"]
+    torch.testing.assert_close(evaluated, target)
+    assert not torch.allclose(evaluated, online)
+    torch.testing.assert_close(collected, online)
+    # What evaluation.select=best keeps: the trained parameters and their target copies.
+    weights = module.policy_weights()
+    assert {"target_network.module.0.module.scorer.item_bias", "q_network.scorer.item_bias"} <= weights.keys()
+    assert len(weights) == 2 * len(list(module.named_parameters()))
+    with pytest.raises(ValueError, match="algo.greedy_network"):
+        make_module(greedy_network="average")
+
+
 def test_dqn_learns_to_beat_random() -> None:
     """A small budget of training clearly separates the greedy policy from random."""
     L.seed_everything(0, verbose=False)

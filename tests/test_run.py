@@ -96,9 +96,11 @@ def test_same_seed_same_metrics(smoke_run: Path, algo: str, tmp_path: Path) -> N
     assert first["baselines"] == second["baselines"]
 
 
-def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("greedy", [[], ["algo.greedy_network=target"]], ids=["online", "target"])
+def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greedy: list[str]) -> None:
     """evaluation.select=best: the agent row uses the weights of the best validation point, the
-    final weights are reported too, and the kept weights really are the ones validated there."""
+    final weights are reported too, and the kept weights really are the ones validated there
+    (with greedy_network=target, the target network's too)."""
     from hydra import compose, initialize_config_dir
 
     from recrl.evaluation import evaluate_policy
@@ -108,7 +110,7 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path) -> No
     run_dir = tmp_path / "run"
     # 25 steps: the grid evaluates at 0, 10 and 20; the end adds a point at 25.
     overrides = ["debug=smoke", "evaluation.select=best", "trainer.max_steps=25",
-                 "evaluation.final_num_users=8", "env.time_budget=50"]
+                 "evaluation.final_num_users=8", "env.time_budget=50", *greedy]
     assert run_recrl_in_process(run_dir, *overrides) is None
     results = json.loads((run_dir / "results.json").read_text())
     with open(run_dir / "metrics.csv") as f:
@@ -128,8 +130,8 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path) -> No
         cfg = compose("config", overrides=overrides)
     module, _ = build_module(cfg)
     with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            parameter.copy_(best["weights"][name])
+        for name, tensor in module.policy_weights().items():
+            tensor.copy_(best["weights"][name])
     module.eval()
     env = module.make_env(cfg.evaluation.num_users, seed=cfg.evaluation.val_seed, split="heldout")
     again = evaluate_policy(env, module.greedy_policy, max_steps=cfg.evaluation.max_steps)
@@ -153,6 +155,7 @@ BAD_INPUT = [
     (["encoder=bert_text"], "needs item text"),
     (["trainer.gradient_clip_val=1.0"], "algo.max_grad_norm"),
     (["evaluation.select=median"], "evaluation.select"),
+    (["algo.greedy_network=average"], "algo.greedy_network"),
     (["evaluation.val_seed=1000003"], "evaluation.val_seed"),
 ]
 #: The case that also runs through a real ``python -m recrl.run`` process: an unknown config
