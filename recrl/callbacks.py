@@ -79,8 +79,8 @@ class PeriodicEvaluation(EveryNSteps):
         self.max_steps = max_steps
         self.keep_best = keep_best
         self.curve: list[dict[str, float]] = []
-        #: ``{"point": curve point, "weights": {name: tensor}}`` of the best evaluation (the
-        #: module's ``policy_weights``).
+        #: ``{"point": curve point, "weights": {name: tensor}, "item_clicks": tensor}`` of the
+        #: best evaluation (the module's ``policy_weights`` and its training clicks so far).
         self.best: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -95,7 +95,11 @@ class PeriodicEvaluation(EveryNSteps):
             return
         weights = {name: tensor.detach().to("cpu", copy=True)
                    for name, tensor in pl_module.policy_weights().items()}
-        self.best = {"point": dict(point), "weights": weights}
+        # The clicks `popular` ranks, as far as training had got: the selected weights are then
+        # compared with the most-popular list of the same frames. All ranks' clicks together (a
+        # collective: every rank gets here with the same point).
+        clicks = pl_module.total_item_clicks().detach().to("cpu", copy=True)
+        self.best = {"point": dict(point), "weights": weights, "item_clicks": clicks}
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
         # Eval mode, as in the final evaluation: no dropout noise, and the global RNG (which

@@ -255,12 +255,15 @@ def build(cfg: DictConfig, output_dir: Path) -> Built:
 def select_weights(module: Any, evaluation: PeriodicEvaluation, select: str) -> dict[str, Any]:
     """Loads the weights ``evaluation.select`` asks for into ``module`` and says which they are:
     ``last`` keeps the final weights, ``best`` loads those with the highest validation return
-    (the validation users are not the test users, so the test numbers stay unbiased)."""
+    (the validation users are not the test users, so the test numbers stay unbiased), and the
+    click counts of that step, which ``popular`` ranks: the same frames as the agent's."""
     if select == "best" and evaluation.best is not None:
         point, weights = evaluation.best["point"], evaluation.best["weights"]
         with torch.no_grad():
             for name, tensor in module.policy_weights().items():
                 tensor.copy_(weights[name])
+            if "item_clicks" in evaluation.best:  # not in checkpoints written before it was kept
+                module.item_clicks.copy_(evaluation.best["item_clicks"])
     else:
         point = evaluation.curve[-1]
     return {"rule": select, "step": int(point["step"]), "frames": int(point["frames"]),
@@ -275,9 +278,9 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
 
     The agent runs with the weights ``evaluation.select`` chooses; when that is ``best``, the
     final weights are evaluated too (``agent_last``), so the effect of the choice is on record.
-    ``popular`` ranks items by the clicks they got during training (any simulator); on logged
-    data ``popular_log`` ranks them by the training users' interactions in the log, the usual
-    most-popular of recommender-systems papers.
+    ``popular`` ranks items by the clicks they got during training up to the selected weights'
+    step (any simulator); on logged data ``popular_log`` ranks them by the training users'
+    interactions in the log, the usual most-popular of recommender-systems papers.
 
     Every baseline also records ``agent_gap_mean`` / ``agent_gap_ci95``: the agent's return minus
     the baseline's, user by user (`paired_gap`; both played the same users), the test of "the

@@ -103,6 +103,7 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
     (with greedy_network=target, the target network's too)."""
     from hydra import compose, initialize_config_dir
 
+    from recrl.baselines import MostPopularRecommender
     from recrl.evaluation import evaluate_policy
     from recrl.run import build_module
     from tests.conftest import REPO_ROOT
@@ -136,6 +137,17 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
     env = module.make_env(cfg.evaluation.num_users, seed=cfg.evaluation.val_seed, split="heldout")
     again = evaluate_policy(env, module.greedy_policy, max_steps=cfg.evaluation.max_steps)
     assert again["return_mean"] == pytest.approx(selected["val_return"])
+
+    # `popular` ranks the clicks up to the selected step (the agent's frames), not the whole run's.
+    final_clicks = checkpoint["state_dict"]["item_clicks"]
+    assert (best["item_clicks"] <= final_clicks).all()
+    if selected["step"] == 25:
+        assert torch.equal(best["item_clicks"], final_clicks)
+    popular = evaluate_policy(
+        module.make_env(8, seed=cfg.evaluation.seed, split="heldout"),
+        MostPopularRecommender(best["item_clicks"]), max_steps=cfg.evaluation.max_steps,
+    )
+    assert popular["return_mean"] == pytest.approx(results["baselines"]["popular"]["return_mean"])
 
 
 #: Bad input the CLI must refuse with one line: (overrides, a phrase the message must contain).
