@@ -26,6 +26,7 @@ Pieces:
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 import random
@@ -150,13 +151,22 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def check_compatible(checkpoint: Mapping[str, Any], module: L.LightningModule, path: Path) -> None:
-    """The checkpoint was written by a run of the same model and algorithm settings."""
+    """The checkpoint was written by a run of the same model and algorithm settings.
+
+    A setting that recrl added after the checkpoint was written counts as unchanged while it has
+    its default value (the behaviour the checkpoint was trained with).
+    """
     saved = checkpoint.get("hyper_parameters") or {}
     current = dict(module.hparams)
+    defaults = {name: parameter.default for name, parameter
+                in inspect.signature(type(module).__init__).parameters.items()
+                if parameter.default is not inspect.Parameter.empty}
     changed = [
-        f"algo.{key}={saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        f"algo.{key}={saved[key]!r} in the checkpoint, {current.get(key)!r} now" if key in saved
+        else f"algo.{key}={current.get(key)!r} is not in the checkpoint (older recrl: default "
+             f"{defaults.get(key)!r})"
         for key in sorted(set(saved) | set(current))
-        if saved.get(key) != current.get(key)
+        if saved.get(key, defaults.get(key)) != current.get(key)
     ]
     if changed:
         raise CheckpointError(

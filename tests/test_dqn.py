@@ -164,3 +164,26 @@ def test_anneal_lr_decays_the_learning_rate_linearly_to_zero_over_max_steps() ->
                         enable_model_summary=False)
     trainer.fit(module)
     assert seen == pytest.approx([1e-3 * (1 - step / 8) for step in range(8)])
+
+
+def test_resume_refuses_other_settings_but_not_a_setting_added_since_at_its_default(
+    tmp_path,
+) -> None:
+    """check_compatible (ckpt_path=...): the same settings pass; a changed one, another model
+    shape, or a setting added to recrl since the checkpoint was written but not at its default
+    is refused naming the setting; an added one at its default is what the checkpoint ran with."""
+    from recrl.checkpointing import CheckpointError, check_compatible
+
+    path = tmp_path / "last.ckpt"
+    module = make_module()
+    checkpoint = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
+    check_compatible(checkpoint, module, path)
+    older = {**checkpoint, "hyper_parameters": {key: value for key, value in module.hparams.items()
+                                                if key != "greedy_network"}}
+    check_compatible(older, module, path)
+    with pytest.raises(CheckpointError, match="algo.greedy_network='target' is not in the checkpoint"):
+        check_compatible(older, make_module(greedy_network="target"), path)
+    with pytest.raises(CheckpointError, match="algo.gamma=0.99 in the checkpoint, 0.5 now"):
+        check_compatible(checkpoint, make_module(gamma=0.5), path)
+    with pytest.raises(CheckpointError, match="holds another model"):
+        check_compatible(checkpoint, make_module(num_items=40), path)
