@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -105,7 +106,7 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
 
     from recrl.baselines import MostPopularRecommender
     from recrl.evaluation import evaluate_policy
-    from recrl.run import build_module
+    from recrl.run import build_module, select_weights
     from tests.conftest import REPO_ROOT
 
     run_dir = tmp_path / "run"
@@ -130,9 +131,7 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     module, _ = build_module(cfg)
-    with torch.no_grad():
-        for name, tensor in module.policy_weights().items():
-            tensor.copy_(best["weights"][name])
+    select_weights(module, SimpleNamespace(best=best), "best")  # as the run loads them
     module.eval()
     env = module.make_env(cfg.evaluation.num_users, seed=cfg.evaluation.val_seed, split="heldout")
     again = evaluate_policy(env, module.greedy_policy, max_steps=cfg.evaluation.max_steps)
@@ -145,7 +144,7 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
         assert torch.equal(best["item_clicks"], final_clicks)
     popular = evaluate_policy(
         module.make_env(8, seed=cfg.evaluation.seed, split="heldout"),
-        MostPopularRecommender(best["item_clicks"]), max_steps=cfg.evaluation.max_steps,
+        MostPopularRecommender(module.item_clicks), max_steps=cfg.evaluation.max_steps,
     )
     assert popular["return_mean"] == pytest.approx(results["baselines"]["popular"]["return_mean"])
 
