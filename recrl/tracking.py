@@ -236,11 +236,12 @@ RESULT_COLUMNS = ["return_mean", "return_ci95", "clicks_mean", "ctr", "episode_l
 
 def log_final_results(loggers: list[Logger], results: dict[str, Any], plot_path: Path) -> None:
     """Adds ``results.json`` and the evaluation plot to every W&B run, then closes the run."""
+    wandb_loggers = [logger for logger in loggers if isinstance(logger, WandbLogger)]
+    if not wandb_loggers:
+        return  # a CSV-only run never imports wandb
     import wandb
 
-    for logger in loggers:
-        if not isinstance(logger, WandbLogger):
-            continue
+    for logger in wandb_loggers:
         run = logger.experiment
         run.summary.update(flatten(results))
         extra: dict[str, Any] = {}
