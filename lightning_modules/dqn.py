@@ -35,8 +35,11 @@ from recrl.encoders import HistoryEncoder, HistoryScorer, ItemScorer
 class ActWithWeights(TensorDictModuleBase):
     """Runs ``policy`` with other weights of its own shape, e.g. the target network's.
 
-    The weights are swapped in for one call (``TensorDictParams.to_module``) and swapped back,
-    so one set of modules serves both networks and nothing is copied.
+    The weights stand in for the policy's own for one call (``torch.func.functional_call``), so
+    one set of modules serves both networks and nothing is copied. Not
+    ``TensorDictParams.to_module``: after its swap, a later ``module.to(device)`` left some of
+    the loss module's target tensors behind on the old device (the final evaluation of a GPU
+    run then met target weights on the GPU and a model on the CPU).
     """
 
     def __init__(self, policy: TensorDictModuleBase, weights: TensorDictParams) -> None:
@@ -46,8 +49,8 @@ class ActWithWeights(TensorDictModuleBase):
         self._weights = (weights,)  # a tuple: not registered, the loss module owns them
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        with self._weights[0].to_module(self.policy):
-            return self.policy(tensordict)
+        weights = dict(self._weights[0].flatten_keys(".").items())
+        return torch.func.functional_call(self.policy, weights, (tensordict,), strict=True)
 
 
 class DQNModule(RecommenderModule):

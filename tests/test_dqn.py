@@ -84,6 +84,20 @@ def test_greedy_network_target_acts_with_the_target_weights() -> None:
         make_module(greedy_network="average")
 
 
+
+def test_target_network_policy_follows_the_module_to_another_device_or_dtype() -> None:
+    """A GPU run evaluates with the target network on the GPU, then Lightning moves the module
+    back to the CPU for the final evaluation. Every target weight must move with it (a dtype
+    change takes the same path as a device change, so this runs without a GPU)."""
+    module = make_module(greedy_network="target")
+    module.double()  # "to the GPU"
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        module.greedy_policy(masked_observation(module, 4))  # act with the target weights there
+        module.float()  # "back to the CPU"
+        target = module.loss_module.target_value_network_params
+        assert {v.dtype for v in target.values(True, True) if v.is_floating_point()} == {torch.float32}
+        evaluated = module.greedy_policy(masked_observation(module, 4))["action_value"]
+    assert evaluated.dtype == torch.float32
 def test_dqn_learns_to_beat_random() -> None:
     """A small budget of training clearly separates the greedy policy from random."""
     L.seed_everything(0, verbose=False)
