@@ -27,7 +27,8 @@ from recrl.checkpointing import RESUME_KEY
 from recrl.collect import RolloutStream, rollout_dataloader
 from recrl.encoders import HistoryEncoder
 
-#: ``env_factory(num_users=..., seed=...)`` builds a batched recommendation environment.
+#: ``env_factory(num_users=..., seed=..., user_split=..., device=...)`` builds a batched
+#: recommendation environment.
 EnvFactory = Callable[..., EnvBase]
 
 #: Observation keys the encoder reads (written by every recrl environment).
@@ -166,8 +167,15 @@ class RecommenderModule(L.LightningModule):
 
     def make_env(self, num_users: int, seed: int, split: str = "train") -> EnvBase:
         """``split``: "train" users for training, "heldout" users for evaluation (simulators
-        of logged data keep them apart; synthetic users are fresh draws either way)."""
-        return self.env_factory(num_users=num_users, seed=seed, user_split=split)
+        of logged data keep them apart; synthetic users are fresh draws either way).
+
+        The env lives where the module does (the GPU under ``hardware=gpu`` / ``ddp``), so the
+        collector and the evaluation step users and policy without copying between devices. A
+        simulator on the GPU draws its users from the GPU's random generator: the same seed
+        gives the same users on every run *on that kind of device*, not the CPU's users.
+        """
+        return self.env_factory(num_users=num_users, seed=seed, user_split=split,
+                                device=self.device)
 
     def _make_collector(self) -> Collector:
         # The rank is read here, in the training process, not in a DataLoader worker.

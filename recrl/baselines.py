@@ -22,10 +22,15 @@ class RandomRecommender(TensorDictModuleBase):
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        # One seeded generator per device it meets: draws happen where the env's mask is.
+        self.generators: dict[torch.device, torch.Generator] = {}
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        action = uniform_valid_action(tensordict["action_mask"], self.generator)  # [B]
+        mask = tensordict["action_mask"]  # [B, N+1]
+        if mask.device not in self.generators:
+            self.generators[mask.device] = torch.Generator(mask.device).manual_seed(self.seed)
+        action = uniform_valid_action(mask, self.generators[mask.device])  # [B]
         return tensordict.set("action", action)
 
 
@@ -44,7 +49,7 @@ class MostPopularRecommender(TensorDictModuleBase):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         mask = tensordict["action_mask"]  # [B, N+1]
-        scores = torch.where(mask, self.item_clicks, float("-inf"))
+        scores = torch.where(mask, self.item_clicks.to(mask.device), float("-inf"))
         return tensordict.set("action", scores.argmax(-1))
 
 

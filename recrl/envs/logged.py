@@ -78,6 +78,12 @@ class TasteModel:
     def state_dict(self) -> dict[str, Tensor | bool]:
         return asdict(self)
 
+    def to(self, device: torch.device | str) -> TasteModel:
+        """The same model on ``device`` (itself when it is there already): a GPU simulator
+        looks its users' tastes up where it steps them."""
+        moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in asdict(self).items()}
+        return TasteModel(**moved)
+
 
 def fit_taste_model(sequences: Sequences, ratings: Tensor | None, config: FitConfig) -> TasteModel:
     """Adam on the whole log, full batch (seconds for MovieLens-100K on a CPU) or in
@@ -156,23 +162,29 @@ class LoggedUsers(UserResponseModel):
             raise ValueError(f"env.boredom_quantile must be in [0, 1), got {boredom_quantile}")
         if user_pool.numel() == 0:
             raise ValueError("the user split is empty: lower data.holdout_user_fraction or use more data")
-        self.taste = taste
+        # The log and the fitted world live on the CPU (shared by every env of a run); what a
+        # step reads is copied to this simulator's device once, here.
+        self.taste = taste.to(self.device)
         self.click_rating = click_rating
         self.boredom_window = boredom_window
-        self.user_pool = user_pool
-        self.user = torch.zeros(num_users, dtype=torch.long)
-        self.recent = torch.zeros(num_users, max(boredom_window, 1), dtype=torch.long)
-        self.boredom_distance = self._distance_quantile(boredom_quantile)
-        self._start_history = self._first_items(sequences, history_length, logged_watch_time)
+        self.user_pool = user_pool.to(self.device)
+        self.user = torch.zeros(num_users, dtype=torch.long, device=self.device)
+        self.recent = torch.zeros(num_users, max(boredom_window, 1), dtype=torch.long,
+                                  device=self.device)
+        self.boredom_distance = self._distance_quantile(taste, boredom_quantile)
+        self._start_history = tuple(
+            t.to(self.device) for t in self._first_items(sequences, history_length, logged_watch_time)
+        )
 
-    def _distance_quantile(self, quantile: float) -> float:
-        """``quantile`` of the distances between 20k random pairs of item vectors."""
+    def _distance_quantile(self, taste: TasteModel, quantile: float) -> float:
+        """``quantile`` of the distances between 20k random pairs of item vectors (on the CPU:
+        the same threshold on every device)."""
         if quantile == 0.0:
             return 0.0
         generator = torch.Generator().manual_seed(0)
         a = torch.randint(1, self.num_items + 1, (20_000,), generator=generator)
         b = torch.randint(1, self.num_items + 1, (20_000,), generator=generator)
-        distances = (self.taste.item_vectors[a] - self.taste.item_vectors[b]).norm(dim=-1)
+        distances = (taste.item_vectors[a] - taste.item_vectors[b]).norm(dim=-1)
         return torch.quantile(distances[a != b], quantile).item()
 
     @staticmethod
@@ -193,7 +205,7 @@ class LoggedUsers(UserResponseModel):
 
     def reset(self, mask: Tensor, generator: torch.Generator) -> None:
         drawn = self.user_pool[torch.randint(0, self.user_pool.numel(), (self.num_users,),
-                                             generator=generator)]
+                                             generator=generator, device=self.device)]
         self.user = torch.where(mask, drawn, self.user)
         self.recent = self.recent.where(~mask[:, None], 0)
 

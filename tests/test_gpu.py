@@ -1,0 +1,117 @@
+"""Training and simulation on a CUDA GPU (``hardware=gpu`` / ``hardware=ddp``).
+
+CI has no GPU, so every test here skips there; they run wherever PyTorch sees one
+(``python -m pytest -q tests/test_gpu.py``). What they hold: the simulators step on the GPU
+without a tensor left on the CPU, and whole runs train on the GPU (the module, its simulator and
+collector there, the replay buffer in CPU memory) and write the results a CPU run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tensordict import TensorDictBase
+
+from recrl.envs import InterestEvolutionEnv, LoggedEnv, uniform_valid_action
+from tests.conftest import ML100K, needs_ml100k, run_recrl, run_recrl_in_process
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA GPU visible to PyTorch (CI has none)")
+
+SHORT_SESSIONS = "env.time_budget=50"  # as tests/test_run.py: short evaluation episodes
+
+
+def play_random_steps(env, steps: int) -> TensorDictBase:
+    """``steps`` steps of valid random actions (finished users restart); every tensor the env
+    returns must be on its GPU, and every shown item masked in the next observation."""
+    generator = torch.Generator(env.device).manual_seed(0)
+
+    def policy(td: TensorDictBase) -> TensorDictBase:
+        return td.set("action", uniform_valid_action(td["action_mask"], generator))
+
+    rollout = env.rollout(steps, policy, break_when_any_done=False)  # [B, steps]
+    for tensor in rollout.values(include_nested=True, leaves_only=True):
+        assert tensor.device == env.device
+    shown = rollout["action"].unsqueeze(-1)
+    assert not rollout["next", "action_mask"].gather(-1, shown).any()
+    assert torch.isfinite(rollout["next", "reward"]).all()
+    assert rollout["next", "done"].any()  # some users finished and were reset on the GPU
+    return rollout
+
+
+def test_synthetic_users_step_on_the_gpu() -> None:
+    env = InterestEvolutionEnv(256, num_items=500, seed=0, time_budget=20.0, device="cuda")
+    assert env.device.type == "cuda"
+    play_random_steps(env, 20)
+
+
+@needs_ml100k
+def test_logged_users_step_on_the_gpu(tmp_path: Path) -> None:
+    options = dict(path=str(ML100K), format="ml-100k", cache_dir=str(tmp_path), seed=0)
+    gpu = LoggedEnv(256, device="cuda", **options)
+    cpu = LoggedEnv(256, device="cpu", **options)
+    # The fitted world is the same; only where a step reads it differs.
+    assert gpu.users.taste.item_vectors.device.type == "cuda"
+    torch.testing.assert_close(gpu.users.taste.item_vectors.cpu(), cpu.users.taste.item_vectors)
+    assert gpu.users.boredom_distance == cpu.users.boredom_distance
+    rollout = play_random_steps(gpu, 40)
+    assert ((rollout["next", "reward"] >= 0) & (rollout["next", "reward"] <= 5)).all()
+    # Users come from the training split only.
+    assert not gpu.sequences.heldout_users[gpu.users.user.cpu()].any()
+
+
+def gpu_run(run_dir: Path, *overrides: str) -> dict:
+    """A debug=smoke run on hardware=gpu in this process: its results, after checking that the
+    GPU did the training (memory was allocated on it)."""
+    torch.cuda.reset_peak_memory_stats()
+    error = run_recrl_in_process(run_dir, "debug=smoke", "hardware=gpu", *overrides)
+    assert error is None, error
+    assert torch.cuda.max_memory_allocated() > 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["optimizer_steps"] == 20
+    for summary in [results["agent"], *results["baselines"].values()]:
+        assert math.isfinite(summary["return_mean"])
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    return results
+
+
+@pytest.mark.parametrize("algo", ["dqn", "ppo"])
+def test_training_runs_on_the_gpu(tmp_path: Path, algo: str) -> None:
+    results = gpu_run(tmp_path / "run", SHORT_SESSIONS, f"algo={algo}")
+    assert set(results["baselines"]) == {"random", "popular", "oracle_myopic"}
+
+
+def test_bf16_mixed_precision_runs(tmp_path: Path) -> None:
+    gpu_run(tmp_path / "run", SHORT_SESSIONS, "algo=dqn", "trainer.precision=bf16-mixed")
+
+
+def test_target_network_greedy_policy_runs_on_the_gpu(tmp_path: Path) -> None:
+    gpu_run(tmp_path / "run", SHORT_SESSIONS, "algo=dqn", "algo.greedy_network=target",
+            "evaluation.select=best")
+
+
+@needs_ml100k
+@pytest.mark.parametrize("algo", ["dqn", "ppo"])
+def test_movielens_training_runs_on_the_gpu(tmp_path: Path, algo: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECRL_DATA_DIR", str(ML100K.parent))
+    results = gpu_run(tmp_path / "run", "env=ml100k", f"algo={algo}",
+                      f"env.cache_dir={tmp_path / 'cache'}")
+    assert {"random", "popular", "popular_log"} <= set(results["baselines"])
+    # Offline ranking ran too (after training, on the CPU the model is moved back to).
+    assert results["offline_ranking"]["agent"]["full"]["HR@10"] >= 0
+
+
+def test_ddp_on_the_gpu(tmp_path: Path) -> None:
+    # One process per visible GPU, NCCL; a subprocess, so the process group dies with it.
+    devices = min(torch.cuda.device_count(), 2)
+    proc = run_recrl(tmp_path / "run", "debug=smoke", SHORT_SESSIONS, "hardware=ddp",
+                     f"trainer.devices={devices}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["optimizer_steps"] == 20
+    assert math.isfinite(results["agent"]["return_mean"])
