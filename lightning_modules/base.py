@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import Tensor
@@ -100,6 +101,8 @@ class RecommenderModule(L.LightningModule):
         self.step_losses: dict[str, Tensor] = {}
         self._stream: RolloutStream | None = None  # the live training stream
         self._stream_resume: dict | None = None  # its saved position, from a checkpoint
+        #: Why a resumed run could not continue the saved simulation (None: it did, or no resume).
+        self.resumed_with_fresh_users: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -306,7 +309,20 @@ class RecommenderModule(L.LightningModule):
             batching_state=self.batching_state, resume_batching=self.resume_batching,
         )
         if self._stream_resume is not None:
-            stream.load_state_dict(self._stream_resume)
+            saved_on = torch.device(self._stream_resume["collector"].get("device", "cpu")).type
+            if saved_on == self.device.type:
+                stream.load_state_dict(self._stream_resume)
+            else:
+                # A CPU and a GPU generator draw different numbers from different states: the
+                # simulation cannot go on where it stopped. The rest of the state can (as a
+                # resumed DDP run does it).
+                self.resumed_with_fresh_users = (
+                    f"the checkpoint's simulation ran on {saved_on}, this run simulates on "
+                    f"{self.device.type}: resumed with fresh users (weights, optimiser, counters "
+                    "and replay buffer restored), so the run goes on, but not exactly as the "
+                    f"saved one would have; resume on {saved_on} for an exact continuation"
+                )
+                rank_zero_warn(self.resumed_with_fresh_users)
             self._stream_resume = None
         self._stream = stream
         return rollout_dataloader(stream)

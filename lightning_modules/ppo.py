@@ -201,8 +201,10 @@ class PPOModule(RecommenderModule):
         }
 
     def resume_batching(self, state: dict) -> Iterator[TensorDictBase]:
-        rollout = td_from_state(state["rollout"]) if state["rollout"] is not None else None
-        frames = td_from_state(state["frames"]) if state["frames"] is not None else None
+        def restore(saved: dict | None) -> TensorDictBase | None:
+            return None if saved is None else td_from_state(saved, device=self.device)
+
+        rollout, frames = restore(state["rollout"]), restore(state["frames"])
         if rollout is None:  # no advantages to recompute: only the frames' count is read
             rollout = frames
         self._cursor = {"rollout": rollout, "frames": frames, "epoch": int(state["epoch"]),

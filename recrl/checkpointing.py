@@ -246,8 +246,14 @@ def td_to_state(td: TensorDictBase) -> dict[str, Any]:
     }
 
 
-def td_from_state(state: Mapping[str, Any]) -> TensorDict:
-    return TensorDict(state["data"], batch_size=state["batch_size"], device=state["device"])
+def td_from_state(state: Mapping[str, Any], device: torch.device | str | None = None) -> TensorDict:
+    """The inverse of `td_to_state`, with the tensors on ``device`` when one is given: a
+    checkpoint loads onto the CPU, and a TensorDict saved without a device (a collector's
+    carrier, its rollouts) does not say where its tensors were. It stays without one."""
+    td = TensorDict(state["data"], batch_size=state["batch_size"], device=state["device"])
+    if device is None:
+        return td
+    return td.to(device) if td.device is not None else td.apply(lambda t: t.to(device))
 
 
 def rng_state() -> dict[str, Any]:
@@ -336,6 +342,8 @@ def collector_state(collector: Any) -> dict[str, Any]:
     if not hasattr(env, "simulation_state"):
         raise TypeError(f"{type(env).__name__} cannot save its state (no simulation_state())")
     state = {
+        # The kind of device it simulated on: a generator's state means nothing on another kind.
+        "device": str(env.device),
         "env": env.simulation_state(),
         "carrier": td_to_state(collector._carrier),
         "frames": int(collector._frames),
@@ -349,7 +357,7 @@ def collector_state(collector: Any) -> dict[str, Any]:
 def restore_collector(collector: Any, state: Mapping[str, Any]) -> None:
     """Puts a freshly built collector (same env settings) where `collector_state` left one."""
     collector.env.load_simulation_state(state["env"])
-    carrier = td_from_state(state["carrier"])
+    carrier = td_from_state(state["carrier"], device=collector.env.device)
     if getattr(collector, "_carrier_has_no_device", False):
         carrier.clear_device_()
     collector._carrier = carrier

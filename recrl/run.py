@@ -500,6 +500,8 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     results["seed"] = cfg.seed
     if resume is not None:
         results["resumed_from"] = str(resume.path)
+        if getattr(module, "resumed_with_fresh_users", None):
+            results["resumed_with_fresh_users"] = module.resumed_with_fresh_users
     # A resumed run completes the folder of the run that failed or was interrupted.
     (output_dir / FAILURE_FILE).unlink(missing_ok=True)
     if test_returns is not None:  # written with results.json, never without it

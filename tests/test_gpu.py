@@ -106,6 +106,23 @@ def test_movielens_training_runs_on_the_gpu(tmp_path: Path, algo: str,
     assert results["offline_ranking"]["agent"]["full"]["HR@10"] >= 0
 
 
+def test_a_gpu_checkpoint_resumes_exactly_on_the_gpu_and_with_fresh_users_on_the_cpu(
+        tmp_path: Path) -> None:
+    gpu_run(tmp_path / "first", SHORT_SESSIONS, "algo=dqn")  # 20 steps, last.ckpt at step 20
+    checkpoint = f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"
+    for hardware in ("gpu", "cpu"):
+        run_dir = tmp_path / f"resumed_on_{hardware}"
+        error = run_recrl_in_process(run_dir, "debug=smoke", SHORT_SESSIONS, "algo=dqn",
+                                     f"hardware={hardware}", "trainer.max_steps=30", checkpoint)
+        assert error is None, error
+        results = json.loads((run_dir / "results.json").read_text())
+        assert results["optimizer_steps"] == 30
+        if hardware == "gpu":  # the saved simulation goes on where it stopped
+            assert "resumed_with_fresh_users" not in results
+        else:  # a CPU generator cannot go on from a GPU generator's state
+            assert "ran on cuda, this run simulates on cpu" in results["resumed_with_fresh_users"]
+
+
 def test_ddp_on_the_gpu(tmp_path: Path) -> None:
     # One process per visible GPU, NCCL; a subprocess, so the process group dies with it.
     devices = min(torch.cuda.device_count(), 2)

@@ -135,6 +135,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
         runs["dqn_resumed"] = start(killed, *COMMON, *DQN, "ckpt_path=last", log_name="dqn_resumed")
         runs["ppo_resumed"] = start(runs["ppo_stopped"].run_dir, *COMMON, *PPO, "ckpt_path=last",
                                     log_name="ppo_resumed")
+        # The killed run's checkpoint, marked as if its simulation had run on a GPU.
+        other_device = root / "other_device.ckpt"
+        ckpt = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+        ckpt["recrl_resume"]["stream"]["collector"]["device"] = "cuda:0"
+        torch.save(ckpt, other_device)
+        runs["other_device"] = start(root / "other_device", *COMMON, *DQN,
+                                     f"ckpt_path={other_device}")
         truncated = root / "truncated.ckpt"
         data = (killed / "checkpoints" / "last.ckpt").read_bytes()
         truncated.write_bytes(data[: len(data) // 2])
@@ -174,6 +181,19 @@ def assert_same_run(reference: Run, resumed: Run, steps: int) -> None:
 def logged(run_dir: Path, column: str) -> list[tuple[int, str]]:
     with open(run_dir / "metrics.csv", newline="") as f:
         return [(int(row["step"]), row[column]) for row in csv.DictReader(f) if row.get(column)]
+
+
+# -- a checkpoint whose simulation ran on another kind of device ----------------------------
+def test_resuming_on_another_kind_of_device_goes_on_with_fresh_users_and_says_so(runs) -> None:
+    run = runs["other_device"]
+    assert run.proc.returncode == 0, run.err[-3000:]
+    results = run.results()
+    assert results["optimizer_steps"] == DQN_STEPS  # went on from the checkpoint's step to the end
+    note = results["resumed_with_fresh_users"]
+    assert "ran on cuda, this run simulates on cpu" in note
+    assert "resumed with fresh users" in run.err  # and the run said so when it happened
+    # An exact resume records nothing of the kind.
+    assert "resumed_with_fresh_users" not in runs["dqn_resumed"].results()
 
 
 # -- DQN: SIGKILL mid-training, resume, same results -----------------------------------------
