@@ -463,9 +463,11 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     finally:
         if moved_metrics:
             merge_csv_metrics(moved_metrics, resume.step)
-    if getattr(trainer.checkpoint_callback, "_last_global_step_saved", -1) != trainer.global_step:
-        # ModelCheckpoint writes every N steps only: the final state always ends up in
-        # last.ckpt too (what encoder.init_from and ckpt_path=last read). All ranks take part.
+    every = cfg.checkpoint.every_n_steps
+    if not every or trainer.global_step % every:
+        # ModelCheckpoint writes at multiples of every_n_steps only: the final state always ends
+        # up in last.ckpt too (what encoder.init_from and ckpt_path=last read). Every rank
+        # computes the same answer (a collective save: all ranks take part).
         trainer.save_checkpoint(output_dir / "checkpoints" / LAST_CHECKPOINT)
     choices = HydraConfig.get().runtime.choices
     test_returns: dict[str, Any] | None = None

@@ -86,6 +86,14 @@ def test_checkpoint_holds_model_and_click_counts(smoke_run: Path) -> None:
     assert any(k.startswith("encoder.bert.") for k in state)
 
 
+def test_last_checkpoint_holds_the_final_step_between_periodic_saves(tmp_path: Path) -> None:
+    # debug=smoke saves every 10 steps; a 15-step run still ends with its step-15 state.
+    assert run_recrl_in_process(tmp_path / "run", "debug=smoke", SHORT_SESSIONS,
+                                "trainer.max_steps=15") is None
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 15
+
+
 def test_same_seed_same_metrics(smoke_run: Path, algo: str, tmp_path: Path) -> None:
     # The second run trains in this process (no second interpreter start-up): same seed, same
     # numbers, whichever process runs it.
