@@ -46,11 +46,12 @@ class ActWithWeights(TensorDictModuleBase):
         super().__init__()
         self.policy = policy
         self.in_keys, self.out_keys = policy.in_keys, policy.out_keys
-        self._weights = (weights,)  # a tuple: not registered, the loss module owns them
+        # By parameter name, once: the tensors are the loss module's own (a plain dict, not
+        # registered here), updated in place by the target updater.
+        self._weights = dict(weights.flatten_keys(".").items())
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        weights = dict(self._weights[0].flatten_keys(".").items())
-        return torch.func.functional_call(self.policy, weights, (tensordict,), strict=True)
+        return torch.func.functional_call(self.policy, self._weights, (tensordict,), strict=True)
 
 
 class DQNModule(RecommenderModule):

@@ -18,6 +18,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("RECRL_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
 ML100K = DATA_DIR / "ml-100k"
 BEAUTY = DATA_DIR / "amazon-beauty" / "beauty.txt"
+#: Sessions of a quarter of the default time budget: ~30 recommendations a user instead of ~120,
+#: so smoke runs' evaluations are short (what they prove does not depend on session length).
+SHORT_SESSIONS = "env.time_budget=50"
+
 needs_ml100k = pytest.mark.skipif(
     not (ML100K / "u.data").is_file(),
     reason=f"MovieLens-100K not found at {ML100K} (set RECRL_TEST_DATA to the data folder)",

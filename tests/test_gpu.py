@@ -17,12 +17,10 @@ import torch
 from tensordict import TensorDictBase
 
 from recrl.envs import InterestEvolutionEnv, LoggedEnv, uniform_valid_action
-from tests.conftest import ML100K, needs_ml100k, run_recrl, run_recrl_in_process
+from tests.conftest import ML100K, SHORT_SESSIONS, needs_ml100k, run_recrl, run_recrl_in_process
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU visible to PyTorch (CI has none)")
-
-SHORT_SESSIONS = "env.time_budget=50"  # as tests/test_run.py: short evaluation episodes
 
 
 def play_random_steps(env, steps: int) -> TensorDictBase:

@@ -10,12 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import run_recrl, run_recrl_in_process
+from tests.conftest import SHORT_SESSIONS, run_recrl, run_recrl_in_process
 
 METRIC_KEYS = {"return_mean", "return_ci95", "clicks_mean", "ctr", "episode_length", "coverage"}
-#: Sessions of a quarter of the default time budget: ~30 recommendations a user instead of ~120,
-#: so the runs' evaluations are short (what they prove does not depend on session length).
-SHORT_SESSIONS = "env.time_budget=50"
 
 
 #: Frames a debug=smoke run collects for its 20 optimiser steps, per algorithm (Lightning may
