@@ -242,7 +242,10 @@ def build(cfg: DictConfig, output_dir: Path) -> Built:
         guard = NonFiniteGuard(checkpoints / LAST_GOOD_CHECKPOINT,
                                inject_nan_at_step=testing.get("inject_nan_at_step"))
         loggers = make_loggers(cfg)
-        callbacks = [StepProgressBar(), evaluation, guard, checkpoint, run_control,
+        # The step bar replaces Lightning's epoch bar (the rollout stream has no epochs); with
+        # trainer.enable_progress_bar=false (logs, sweeps) there is none.
+        progress = [StepProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else []
+        callbacks = [*progress, evaluation, guard, checkpoint, run_control,
                      *tracking_callbacks(cfg, loggers)]
         # Every checkpoint is written beside its target and renamed over it (never half-written).
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,

@@ -91,6 +91,18 @@ def test_last_checkpoint_holds_the_final_step_between_periodic_saves(tmp_path: P
     assert ckpt["global_step"] == 15
 
 
+def test_the_progress_bar_can_be_turned_off(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    # Lightning refuses enable_progress_bar=false beside a progress-bar callback; the run must
+    # then leave its own step bar out (and draw it by default).
+    for name, flag in (("off", "false"), ("on", "true")):
+        assert run_recrl_in_process(tmp_path / name, "debug=smoke", SHORT_SESSIONS,
+                                    "trainer.max_steps=3",
+                                    f"trainer.enable_progress_bar={flag}") is None
+        captured = capfd.readouterr()
+        drawn = "Training" in captured.out + captured.err
+        assert drawn == (flag == "true")
+
+
 def test_same_seed_same_metrics(smoke_run: Path, algo: str, tmp_path: Path) -> None:
     # The second run trains in this process (no second interpreter start-up): same seed, same
     # numbers, whichever process runs it.
