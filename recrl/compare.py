@@ -10,6 +10,15 @@ scratch".
 
     python -m recrl.compare outputs/2026-11-30/10-00-00 outputs/2026-11-30/11-00-00
     python -m recrl.compare RUN_A RUN_B --policy popular     # A's agent minus B's popular
+
+One pair of runs says whether *these two trainings* differ; whether a method helps is a question
+over training seeds. Give two folders of runs instead (two Hydra sweeps, e.g. ``-m seed=0,1,2``
+with and without ``encoder.init_from``): runs are paired by their ``seed`` (each pair must have
+met the same test users), each pair's user-by-user gap is printed, and the seeds' gaps are
+summarised by their mean and its 95% Student-t interval over seeds, the interval that counts
+the run-to-run spread of training as well as the users:
+
+    python -m recrl.compare outputs/multirun/pretrained outputs/multirun/scratch
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from typing import Any
 import torch
 
 from recrl.evaluation import paired_gap
+from recrl.report import mean_ci95 as mean_ci95_over_seeds
 
 #: Written by every RL run (recrl/run.py) beside results.json.
 TEST_RETURNS_FILE = "test_returns.json"
@@ -37,7 +47,8 @@ def read_test_returns(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ComparisonError(
             f"{path} does not exist: give the folder of a finished RL run (pretraining runs and "
-            "runs from before test_returns.json existed have none)"
+            "runs from before test_returns.json existed have none), or two folders of runs to "
+            "compare over seeds"
         )
     data = json.loads(path.read_text())
     if "population" not in data or "returns" not in data:
@@ -69,14 +80,81 @@ def compare_runs(run_a: Path, run_b: Path, policy_a: str = "agent",
             "mean_a": returns_a.mean().item(), "mean_b": returns_b.mean().item()}
 
 
+def is_run(folder: Path) -> bool:
+    return (Path(folder) / TEST_RETURNS_FILE).is_file()
+
+
+def runs_by_seed(folder: Path) -> dict[int, Path]:
+    """The finished RL runs in ``folder`` or its sub-folders (a sweep), keyed by training seed
+    (``results.json``'s ``seed``). Refuses two runs with one seed: pairing would be a guess."""
+    runs: dict[int, Path] = {}
+    for returns_file in sorted(Path(folder).rglob(TEST_RETURNS_FILE)):
+        run = returns_file.parent
+        results_file = run / "results.json"
+        seed = (json.loads(results_file.read_text()).get("seed")
+                if results_file.is_file() else None)
+        if seed is None:
+            raise ComparisonError(f"{run} has no 'seed' in results.json: cannot pair it by seed")
+        if seed in runs:
+            raise ComparisonError(
+                f"{runs[seed]} and {run} both ran seed {seed}: give folders that hold one run per "
+                "seed (e.g. one sweep per configuration)"
+            )
+        runs[seed] = run
+    if not runs:
+        raise ComparisonError(f"{folder} holds no finished RL run ({TEST_RETURNS_FILE} files)")
+    return runs
+
+
+def compare_over_seeds(folder_a: Path, folder_b: Path, policy_a: str = "agent",
+                       policy_b: str = "agent") -> dict[str, Any]:
+    """Per seed the user-by-user gap of ``policy_a`` (runs in ``folder_a``) minus ``policy_b``
+    (runs in ``folder_b``), and the gaps' mean with its 95% t-interval over seeds (NaN for a
+    single seed). Seeds run on one side only are listed, not compared."""
+    runs_a, runs_b = runs_by_seed(folder_a), runs_by_seed(folder_b)
+    seeds = sorted(runs_a.keys() & runs_b.keys())
+    if not seeds:
+        raise ComparisonError(
+            f"no seed was run in both folders ({folder_a}: seeds {sorted(runs_a)}; {folder_b}: "
+            f"seeds {sorted(runs_b)})"
+        )
+    per_seed = {seed: compare_runs(runs_a[seed], runs_b[seed], policy_a, policy_b)
+                for seed in seeds}
+    gap, gap_ci95 = mean_ci95_over_seeds([r["gap_mean"] for r in per_seed.values()])
+    return {"per_seed": per_seed, "gap_mean": gap, "gap_ci95": gap_ci95,
+            "only_a": sorted(runs_a.keys() - runs_b.keys()),
+            "only_b": sorted(runs_b.keys() - runs_a.keys())}
+
+
+def print_over_seeds(result: dict[str, Any], policy_a: str, policy_b: str) -> None:
+    print(f"| seed | {policy_a} of A | {policy_b} of B | gap, user by user (95% CI) |\n"
+          "|---:|---:|---:|---:|")
+    for seed, r in result["per_seed"].items():
+        print(f"| {seed} | {r['mean_a']:.1f} | {r['mean_b']:.1f} | "
+              f"{r['gap_mean']:+.2f} ± {r['gap_ci95']:.2f} |")
+    gaps = [r["gap_mean"] for r in result["per_seed"].values()]
+    ahead = sum(g - r["gap_ci95"] > 0 for g, r in zip(gaps, result["per_seed"].values()))
+    behind = sum(g + r["gap_ci95"] < 0 for g, r in zip(gaps, result["per_seed"].values()))
+    print(f"\nover {len(gaps)} seeds: {result['gap_mean']:+.2f} ± {result['gap_ci95']:.2f} "
+          f"(95% CI, Student t over seeds); A ahead on {sum(g > 0 for g in gaps)}, "
+          f"significantly ahead on {ahead} and behind on {behind}")
+    for side in ("a", "b"):
+        if result[f"only_{side}"]:
+            print(f"not compared, only in {side.upper()}: seeds {result[f'only_{side}']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_a", type=Path)
-    parser.add_argument("run_b", type=Path)
+    parser.add_argument("run_a", type=Path, help="a run folder, or a folder of runs (a sweep)")
+    parser.add_argument("run_b", type=Path, help="the same kind as run_a")
     parser.add_argument("--policy", default="agent", help="run B's policy (default: its agent)")
     parser.add_argument("--policy-a", default="agent", help="run A's policy (default: its agent)")
     args = parser.parse_args(argv)
     try:
+        if not is_run(args.run_a) and not is_run(args.run_b):
+            result = compare_over_seeds(args.run_a, args.run_b, args.policy_a, args.policy)
+            print_over_seeds(result, args.policy_a, args.policy)
+            return 0
         result = compare_runs(args.run_a, args.run_b, args.policy_a, args.policy)
     except ComparisonError as err:
         print(f"error: {err}", file=sys.stderr)
