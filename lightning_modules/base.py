@@ -180,14 +180,24 @@ class RecommenderModule(L.LightningModule):
         return self.env_factory(num_users=num_users, seed=seed, user_split=split,
                                 device=self.device)
 
-    def _make_collector(self) -> Collector:
+    def collection_seed(self) -> int:
+        """Seed of this process's training users.
+
+        The run's seed, plus the rank under DDP. A run that cannot continue its users' stream
+        (DDP resumed at step s: the ranks' streams are not in the checkpoint; a checkpoint from
+        another kind of device) starts fresh users from a seed that moves with s, so that they
+        are new users rather than the run's first ones again, distinct across ranks and resume
+        points; at step 0 it is the plain seed.
+        """
         # The rank is read here, in the training process, not in a DataLoader worker.
         seed = self.seed + self.global_rank
-        if self.world_size > 1 and self._trainer is not None:
-            # A DDP run resumed at step s starts fresh users (the ranks' streams are not in the
-            # checkpoint): new seeds, distinct across ranks and resume points; at step 0 the
-            # same as before.
+        fresh_users = self.world_size > 1 or self.resumed_with_fresh_users is not None
+        if fresh_users and self._trainer is not None:
             seed += self.world_size * self.trainer.global_step
+        return seed
+
+    def _make_collector(self) -> Collector:
+        seed = self.collection_seed()
         env = self.make_env(self.num_envs, seed=seed)
         if self.world_size > 1:
             # Exploration noise too is rank's own (Lightning seeds every rank alike); DDP has

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -194,6 +195,20 @@ def test_resuming_on_another_kind_of_device_goes_on_with_fresh_users_and_says_so
     assert "resumed with fresh users" in run.err  # and the run said so when it happened
     # An exact resume records nothing of the kind.
     assert "resumed_with_fresh_users" not in runs["dqn_resumed"].results()
+
+
+def test_fresh_users_after_a_resume_are_new_users_not_the_runs_first_ones() -> None:
+    from tests.test_dqn import make_module
+
+    module = make_module(seed=3)
+    assert module.collection_seed() == 3  # no trainer yet: the run's seed
+    module._trainer = SimpleNamespace(world_size=1, global_rank=0, global_step=40)
+    assert module.collection_seed() == 3  # an exact resume goes on with the saved stream
+    module.resumed_with_fresh_users = "the checkpoint's simulation ran on cuda"
+    assert module.collection_seed() == 3 + 40  # another device kind: users from a new seed
+    module._trainer = SimpleNamespace(world_size=4, global_rank=2, global_step=40)
+    module.resumed_with_fresh_users = None
+    assert module.collection_seed() == 3 + 2 + 4 * 40  # DDP: distinct per rank and step
 
 
 # -- DQN: SIGKILL mid-training, resume, same results -----------------------------------------
