@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from recrl.evaluation import paired_gap
-from recrl.report import mean_ci95 as mean_ci95_over_seeds
+from recrl.stats import mean_ci95_over_seeds
 
 #: Written by every RL run (recrl/run.py) beside results.json.
 TEST_RETURNS_FILE = "test_returns.json"
