@@ -42,6 +42,14 @@ class ComparisonError(ValueError):
     """Two runs that cannot be compared user by user; the message says why."""
 
 
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ComparisonError(f"{path} is not valid JSON ({err}): a run that was cut off while "
+                              "writing it? Re-run it or leave it out") from err
+
+
 def read_test_returns(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / TEST_RETURNS_FILE
     if not path.is_file():
@@ -50,7 +58,7 @@ def read_test_returns(run_dir: Path) -> dict[str, Any]:
             "runs from before test_returns.json existed have none), or two folders of runs to "
             "compare over seeds"
         )
-    data = json.loads(path.read_text())
+    data = read_json(path)
     if "population" not in data or "returns" not in data:
         raise ComparisonError(f"{path} has no 'population' and 'returns': not a recrl file")
     return data
@@ -91,8 +99,7 @@ def runs_by_seed(folder: Path) -> dict[int, Path]:
     for returns_file in sorted(Path(folder).rglob(TEST_RETURNS_FILE)):
         run = returns_file.parent
         results_file = run / "results.json"
-        seed = (json.loads(results_file.read_text()).get("seed")
-                if results_file.is_file() else None)
+        seed = read_json(results_file).get("seed") if results_file.is_file() else None
         if seed is None:
             raise ComparisonError(f"{run} has no 'seed' in results.json: cannot pair it by seed")
         if seed in runs:
@@ -132,12 +139,12 @@ def print_over_seeds(result: dict[str, Any], policy_a: str, policy_b: str) -> No
     for seed, r in result["per_seed"].items():
         print(f"| {seed} | {r['mean_a']:.1f} | {r['mean_b']:.1f} | "
               f"{r['gap_mean']:+.2f} ± {r['gap_ci95']:.2f} |")
-    gaps = [r["gap_mean"] for r in result["per_seed"].values()]
-    ahead = sum(g - r["gap_ci95"] > 0 for g, r in zip(gaps, result["per_seed"].values()))
-    behind = sum(g + r["gap_ci95"] < 0 for g, r in zip(gaps, result["per_seed"].values()))
-    print(f"\nover {len(gaps)} seeds: {result['gap_mean']:+.2f} ± {result['gap_ci95']:.2f} "
-          f"(95% CI, Student t over seeds); A ahead on {sum(g > 0 for g in gaps)}, "
-          f"significantly ahead on {ahead} and behind on {behind}")
+    pairs = list(result["per_seed"].values())
+    ahead = sum(r["gap_mean"] - r["gap_ci95"] > 0 for r in pairs)
+    behind = sum(r["gap_mean"] + r["gap_ci95"] < 0 for r in pairs)
+    print(f"\nover {len(pairs)} seeds: {result['gap_mean']:+.2f} ± {result['gap_ci95']:.2f} "
+          f"(95% CI, Student t over seeds); A ahead on {sum(r['gap_mean'] > 0 for r in pairs)}; "
+          f"outside the user-by-user interval: ahead on {ahead}, behind on {behind}")
     for side in ("a", "b"):
         if result[f"only_{side}"]:
             print(f"not compared, only in {side.upper()}: seeds {result[f'only_{side}']}")

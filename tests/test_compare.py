@@ -87,6 +87,9 @@ def test_folders_that_cannot_be_paired_by_seed_are_refused(tmp_path: Path) -> No
         compare_over_seeds(tmp_path / "a", tmp_path / "b")
     with pytest.raises(ComparisonError, match="holds no finished RL run"):
         compare_over_seeds(_mkdir(tmp_path / "empty"), tmp_path / "b")
+    (tmp_path / "b" / "0" / "results.json").write_text('{"seed": ')  # cut off mid-write
+    with pytest.raises(ComparisonError, match=r"b/0/results.json is not valid JSON"):
+        compare_over_seeds(tmp_path / "b", tmp_path / "b")
 
 
 def _mkdir(folder: Path) -> Path:
