@@ -14,13 +14,13 @@ same seed, so the same users), and every run folder given is compared with it us
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 
 from recrl.baselines import MostPopularRecommender
+from recrl.compare import read_test_returns
 from recrl.envs import uniform_valid_action
 from recrl.evaluation import paired_gap, play_users, summarise
 from recrl.run import build_module
@@ -58,8 +58,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=args.override)
     module, probe_env = build_module(cfg)
-    runs = {run: json.loads((Path(run) / "test_returns.json").read_text())["returns"]
-            for run in args.runs}
+    runs = {run: read_test_returns(Path(run))["returns"] for run in args.runs}
     print(f"| random-exposure frames | fixed popular | {' | '.join(runs)} |")
     print(f"|---:|---:|{'---:|' * len(runs)}")
     for frames in args.frames:
