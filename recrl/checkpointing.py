@@ -325,6 +325,13 @@ def load_replay_buffer_state(buffer: Any, state: Mapping[str, Any]) -> None:
         full = part[:1].expand(capacity).clone().zero_()
         full[: part.shape[0]] = part
         storage._storage = full
+    # A state dict loads as a TensorDict without a device, and a device-less storage refuses
+    # transitions from another device (a GPU simulator's) instead of copying them in as a
+    # fresh storage does: give it back the storage's own device.
+    device = getattr(buffer._storage, "device", None)
+    inner = getattr(buffer._storage, "_storage", None)
+    if isinstance(inner, TensorDictBase) and device is not None and inner.device != device:
+        buffer._storage._storage = inner.to(device)
     for key, leaves in trees.items():
         tree = getattr(sampler, key)
         dtype = torch.float32 if "Fp32" in type(tree).__name__ else torch.float64
@@ -355,12 +362,36 @@ def collector_state(collector: Any) -> dict[str, Any]:
 
 
 def restore_collector(collector: Any, state: Mapping[str, Any]) -> None:
-    """Puts a freshly built collector (same env settings) where `collector_state` left one."""
+    """Puts a freshly built collector (same env settings) where `collector_state` left one.
+
+    The saved carrier is copied into the fresh collector's own carrier rather than replacing
+    it: a checkpoint loads onto the CPU and does not say where each tensor lived, and not all
+    live on the simulator's device (TorchRL keeps ``("collector", "traj_ids")`` on the storing
+    device, the CPU, beside a GPU simulator's observations). Copying in place keeps every
+    tensor where the collector expects it; the policy's last output, which a fresh carrier
+    does not hold yet, goes to the simulator's device, where the policy made it.
+    """
+    saved = td_from_state({**state["carrier"], "device": None})  # CPU tensors, as loaded
+    fresh = collector._carrier
+    if saved.batch_size != fresh.batch_size:
+        raise ValueError(
+            f"the checkpoint's collector simulated {list(saved.batch_size)} users at once, this "
+            f"run's {list(fresh.batch_size)}: resume with the algo.num_envs the checkpoint was "
+            "saved with"
+        )
+    saved_keys = set(saved.keys(include_nested=True, leaves_only=True))
+    fresh_keys = set(fresh.keys(include_nested=True, leaves_only=True))
+    if fresh_keys - saved_keys:
+        raise ValueError(
+            "the checkpoint's observations lack "
+            f"{sorted(map(str, fresh_keys - saved_keys))}, which this run's simulator "
+            "returns: resume with the env.* settings the checkpoint was saved with"
+        )
     collector.env.load_simulation_state(state["env"])
-    carrier = td_from_state(state["carrier"], device=collector.env.device)
-    if getattr(collector, "_carrier_has_no_device", False):
-        carrier.clear_device_()
-    collector._carrier = carrier
+    fresh.update_(saved.select(*fresh_keys))
+    # The rest is the policy's last output (action, Q-values), made on the simulator's device.
+    policy_output = saved.exclude(*fresh_keys)
+    fresh.update(policy_output.apply(lambda tensor: tensor.to(collector.env.device)))
     collector._frames = state["frames"]
     collector._iter = state["iter"]
     if "traj_pool" in state and getattr(collector, "track_traj_ids", False):

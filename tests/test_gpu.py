@@ -104,13 +104,14 @@ def test_movielens_training_runs_on_the_gpu(tmp_path: Path, algo: str,
     assert results["offline_ranking"]["agent"]["full"]["HR@10"] >= 0
 
 
+@pytest.mark.parametrize("algo", ["dqn", "ppo"])
 def test_a_gpu_checkpoint_resumes_exactly_on_the_gpu_and_with_fresh_users_on_the_cpu(
-        tmp_path: Path) -> None:
-    gpu_run(tmp_path / "first", SHORT_SESSIONS, "algo=dqn")  # 20 steps, last.ckpt at step 20
+        tmp_path: Path, algo: str) -> None:
+    gpu_run(tmp_path / "first", SHORT_SESSIONS, f"algo={algo}")  # last.ckpt at step 20
     checkpoint = f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"
     for hardware in ("gpu", "cpu"):
         run_dir = tmp_path / f"resumed_on_{hardware}"
-        error = run_recrl_in_process(run_dir, "debug=smoke", SHORT_SESSIONS, "algo=dqn",
+        error = run_recrl_in_process(run_dir, "debug=smoke", SHORT_SESSIONS, f"algo={algo}",
                                      f"hardware={hardware}", "trainer.max_steps=30", checkpoint)
         assert error is None, error
         results = json.loads((run_dir / "results.json").read_text())

@@ -34,8 +34,8 @@ from torchrl.data.replay_buffers import PrioritizedSampler, RandomSampler
 
 import recrl.checkpointing as checkpointing
 from recrl.checkpointing import (
-    PAUSED_FILE, RESUME_KEY, AtomicCheckpointIO, load_replay_buffer_state, replay_buffer_state,
-    restore_rng, rng_state,
+    PAUSED_FILE, RESUME_KEY, AtomicCheckpointIO, collector_state, load_replay_buffer_state,
+    replay_buffer_state, restore_collector, restore_rng, rng_state,
 )
 from recrl.envs import InterestEvolutionEnv, uniform_valid_action
 from tests.conftest import REPO_ROOT
@@ -322,6 +322,8 @@ def test_replay_buffer_round_trips_through_a_weights_only_file(tmp_path: Path,
     load_replay_buffer_state(loaded, torch.load(tmp_path / "rb.pt", weights_only=True))
     assert len(loaded) == len(saved) == 20
     assert len(loaded.storage._storage) == 64  # the full capacity again
+    # On the storage's device as a fresh one is, so a GPU simulator's transitions copy in.
+    assert loaded.storage._storage.device == saved.storage._storage.device == torch.device("cpu")
     for buffer in (saved, loaded):
         buffer.extend(data(100, 50))  # wraps around the ring
     # Prioritised sampling draws from numpy's global generator, uniform from torch's.
@@ -358,3 +360,37 @@ def test_environment_state_round_trips_and_the_simulation_goes_on_identically() 
         assert (td == td_twin).all()
         resets += int(out["next", "done"].sum())
     assert resets > 0  # the generator's state mattered: reset users were drawn from it
+
+
+def test_a_restored_carrier_keeps_each_tensor_where_the_fresh_collector_keeps_it() -> None:
+    """On a GPU, TorchRL keeps ``("collector", "traj_ids")`` on the CPU beside the simulator's
+    GPU observations; moving the whole restored carrier to the simulator's device broke the
+    next rollout (found on an H200). Here a leaf on the meta device stands in for "not where
+    the simulator is"."""
+    def collector(env: InterestEvolutionEnv, traj_ids: torch.Tensor) -> SimpleNamespace:
+        # Without a TensorDict device, as TorchRL keeps a carrier whose tensors live apart.
+        carrier = env.reset().clear_device_().set(("collector", "traj_ids"), traj_ids)
+        return SimpleNamespace(env=env, _carrier=carrier, _frames=0, _iter=0)
+
+    def make(seed: int, users: int = 4) -> InterestEvolutionEnv:
+        return InterestEvolutionEnv(users, seed=seed, num_items=30, history_length=5)
+
+    saved = collector(make(0), torch.arange(4))
+    saved._carrier.set("action", torch.tensor([3, 1, 4, 1]))  # the policy's last output
+    saved._frames, saved._iter = 24, 3
+    buffer = io.BytesIO()
+    torch.save(collector_state(saved), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+
+    fresh = collector(make(1), torch.zeros(4, dtype=torch.int64, device="meta"))
+    carrier = fresh._carrier
+    restore_collector(fresh, state)
+    assert fresh._carrier is carrier  # filled in place, not replaced
+    assert carrier["collector", "traj_ids"].device.type == "meta"
+    assert (carrier.exclude("collector") == saved._carrier.exclude("collector")).all()
+    assert carrier["action"].tolist() == [3, 1, 4, 1]
+    assert (fresh._frames, fresh._iter) == (24, 3)
+
+    with pytest.raises(ValueError, match=r"\[4\] users at once, this run's \[6\].*algo.num_envs"):
+        restore_collector(collector(make(0, users=6), torch.arange(6)), state)
