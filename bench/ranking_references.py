@@ -11,7 +11,13 @@ leave-one-out test item) that rank the pretrained encoder:
   history scores ``sum_t decay^(L-1-t) P[h_t]`` (recent items count more), plus a little
   popularity to break ties;
 - ``item_knn``: cosine similarity of items' user sets (training sequences), summed over the
-  history: order-free co-occurrence.
+  history: order-free co-occurrence;
+- ``ease``: EASE (Steck 2019), the closed-form item-item linear autoencoder, a strong
+  order-free collaborative-filtering model, applied to the set of history items (skipped above
+  ``--ease-max-items`` items: it inverts an ``N x N`` matrix).
+
+``--history-length 2000`` gives every ranker a user's whole prefix instead of the last ``L``
+items (how much does a longer history help on this data?).
 
 The statistics come from the leave-one-out training parts of all users, as most-popular's
 counts do (no test or validation item is ever counted). Prints a markdown table.
@@ -40,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--history-length", type=int, default=10, help="L, as env.history_length")
     parser.add_argument("--reach", type=int, default=3, help="markov: farthest transition counted")
     parser.add_argument("--decay", type=float, default=0.8, help="markov: recency decay")
+    parser.add_argument("--ease-lambda", type=float, default=500.0, help="ease: L2 penalty")
+    parser.add_argument("--ease-max-items", type=int, default=20_000,
+                        help="ease: skipped for larger catalogues (an N x N inverse)")
     parser.add_argument("--cache", default=os.environ.get("RECRL_CACHE_DIR", "data/cache"))
     return parser.parse_args()
 
@@ -97,6 +106,26 @@ def item_knn_scorer(sequences: Sequences) -> ScoreFn:
     return score_fn
 
 
+def ease_scorer(sequences: Sequences, penalty: float) -> ScoreFn:
+    train_items, user_of = training_interactions(sequences)
+    size = sequences.num_items + 1
+    user_item = torch.zeros(sequences.num_users, size)
+    user_item[user_of, train_items] = 1.0
+    user_item[:, 0] = 0.0  # padding
+    gram = user_item.T @ user_item + penalty * torch.eye(size)
+    inverse = torch.linalg.inv(gram.double())
+    weights = (-inverse / inverse.diagonal()[None, :]).float()  # B = I - P diag(1 / diag(P))
+    weights.fill_diagonal_(0.0)
+    weights[0] = 0.0
+
+    def score_fn(history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
+        seen = torch.zeros(history.shape[0], size).scatter_(1, history, 1.0)
+        seen[:, 0] = 0.0
+        return seen @ weights
+
+    return score_fn
+
+
 def main() -> None:
     args = parse_args()
     # The preprocessing of env=ml100k / env=logged (conf/env/logged.yaml): 5-core, all ratings.
@@ -108,6 +137,8 @@ def main() -> None:
         "markov": markov_scorer(sequences, args.reach, args.decay),
         "item_knn": item_knn_scorer(sequences),
     }
+    if sequences.num_items <= args.ease_max_items:
+        scorers["ease"] = ease_scorer(sequences, args.ease_lambda)
     results = {name: evaluate_ranking(fn, sequences, history_length=args.history_length, ks=(10,))
                for name, fn in scorers.items()}
     protocols = list(results["most_popular"])
