@@ -89,11 +89,16 @@ def markov_scorer(sequences: Sequences, reach: int, decay: float) -> ScoreFn:
     return score_fn
 
 
-def item_knn_scorer(sequences: Sequences) -> ScoreFn:
+def training_user_item(sequences: Sequences) -> Tensor:
+    """``[U, N+1]`` 0/1: which items each user interacted with in the training parts."""
     train_items, user_of = training_interactions(sequences)
-    size = sequences.num_items + 1
-    user_item = torch.zeros(sequences.num_users, size)
+    user_item = torch.zeros(sequences.num_users, sequences.num_items + 1)
     user_item[user_of, train_items] = 1.0
+    return user_item
+
+
+def item_knn_scorer(sequences: Sequences) -> ScoreFn:
+    user_item = training_user_item(sequences)
     co_occurrence = user_item.T @ user_item
     counts = co_occurrence.diagonal().clone()
     similarity = co_occurrence / (counts.sqrt()[:, None] * counts.sqrt()[None, :] + 1e-9)
@@ -107,11 +112,9 @@ def item_knn_scorer(sequences: Sequences) -> ScoreFn:
 
 
 def ease_scorer(sequences: Sequences, penalty: float) -> ScoreFn:
-    train_items, user_of = training_interactions(sequences)
-    size = sequences.num_items + 1
-    user_item = torch.zeros(sequences.num_users, size)
-    user_item[user_of, train_items] = 1.0
+    user_item = training_user_item(sequences)
     user_item[:, 0] = 0.0  # padding
+    size = user_item.shape[1]
     gram = user_item.T @ user_item + penalty * torch.eye(size)
     inverse = torch.linalg.inv(gram.double())
     weights = (-inverse / inverse.diagonal()[None, :]).float()  # B = I - P diag(1 / diag(P))

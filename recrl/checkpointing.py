@@ -319,8 +319,8 @@ def load_replay_buffer_state(buffer: Any, state: Mapping[str, Any]) -> None:
             trees[key] = state["_sampler"][key]
             state["_sampler"][key] = getattr(sampler, key)  # replaced by its saved leaves below
     buffer.load_state_dict(state)
+    storage = buffer._storage
     if capacity is not None:
-        storage = buffer._storage
         part = storage._storage
         full = part[:1].expand(capacity).clone().zero_()
         full[: part.shape[0]] = part
@@ -328,10 +328,10 @@ def load_replay_buffer_state(buffer: Any, state: Mapping[str, Any]) -> None:
     # A state dict loads as a TensorDict without a device, and a device-less storage refuses
     # transitions from another device (a GPU simulator's) instead of copying them in as a
     # fresh storage does: give it back the storage's own device.
-    device = getattr(buffer._storage, "device", None)
-    inner = getattr(buffer._storage, "_storage", None)
+    device = getattr(storage, "device", None)
+    inner = getattr(storage, "_storage", None)
     if isinstance(inner, TensorDictBase) and device is not None and inner.device != device:
-        buffer._storage._storage = inner.to(device)
+        storage._storage = inner.to(device)
     for key, leaves in trees.items():
         tree = getattr(sampler, key)
         dtype = torch.float32 if "Fp32" in type(tree).__name__ else torch.float64
