@@ -1,0 +1,121 @@
+"""The README's reference rankers (bench/ranking_references.py): hand-computed transitions,
+EASE against its definition, and the script's table on a small log."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import torch
+
+from recrl.ranking import popularity_scores
+from tests.conftest import REPO_ROOT
+from tests.test_ranking import make_sequences
+
+
+def load_bench(name: str):
+    """A script of bench/ (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+references = load_bench("ranking_references")
+
+# Leave-one-out keeps [1, 2, 3] of user 0 and [3, 1, 2] of user 1 for training.
+ROWS = [[1, 2, 3, 4, 5], [3, 1, 2, 5, 4]]
+EMPTY = torch.zeros(1, 0)
+
+
+def test_transitions_count_within_reach_and_never_across_users() -> None:
+    sequences = make_sequences(ROWS, num_items=5)
+    transitions = references.training_transitions(sequences, reach=2)
+    # distance 1 (weight 1): 1->2 twice, 2->3, 3->1; distance 2 (weight 1/2): 1->3, 3->2.
+    # User 0's last training item (3) and user 1's first (3) are not a transition.
+    counts = torch.zeros(6, 6)
+    counts[1, 2], counts[2, 3], counts[3, 1], counts[1, 3], counts[3, 2] = 2, 1, 1, 0.5, 0.5
+    expected = counts / (counts.sum(1, keepdim=True) + 1.0)
+    torch.testing.assert_close(transitions, expected)
+    assert transitions[3, 3] == 0.0
+
+
+def test_markov_scorer_weighs_recent_items_more() -> None:
+    sequences = make_sequences(ROWS, num_items=5)
+    transitions = references.training_transitions(sequences, reach=2)
+    score_fn = references.markov_scorer(sequences, reach=2, decay=0.5)
+    history = torch.tensor([[0, 1, 3]])  # padding, then 1, then 3 (the most recent)
+    popularity = popularity_scores(sequences)
+    expected = 0.5 * transitions[1] + transitions[3] + 1e-3 * popularity / popularity.max()
+    torch.testing.assert_close(score_fn(history, EMPTY, EMPTY), expected[None])
+
+
+def test_item_knn_is_cosine_of_user_sets() -> None:
+    rows = [[1, 2, 3, 9, 9], [1, 3, 4, 9, 9], [2, 4, 5, 9, 9]]  # training parts: first three
+    sequences = make_sequences(rows, num_items=9)
+    score_fn = references.item_knn_scorer(sequences)
+    scores = score_fn(torch.tensor([[1]]), EMPTY, EMPTY)[0]
+    # item 1's users {0, 1}; item 3's {0, 1}: cosine 1; item 2's {0, 2}, item 4's {1, 2}: 1/2.
+    torch.testing.assert_close(scores[[2, 3, 4, 5]], torch.tensor([0.5, 1.0, 0.5, 0.0]))
+    assert scores[1] == 0.0  # an item is not its own neighbour
+
+
+def test_ease_solves_its_constrained_ridge_regression() -> None:
+    """EASE's closed form equals, column by column, the ridge regression of an item's column on
+    every other item's (the zero-diagonal constraint), which is its definition."""
+    generator = torch.Generator().manual_seed(0)
+    rows = [(torch.randperm(8, generator=generator)[:6] + 1).tolist() for _ in range(12)]
+    sequences = make_sequences(rows, num_items=8)
+    penalty = 2.0
+    score_fn = references.ease_scorer(sequences, penalty)
+    user_item = references.training_user_item(sequences)[:, 1:].double()  # [U, 8], no padding
+    weights = torch.zeros(8, 8, dtype=torch.float64)
+    for j in range(8):
+        others = [k for k in range(8) if k != j]
+        x = user_item[:, others]
+        solution = torch.linalg.solve(x.T @ x + penalty * torch.eye(7, dtype=torch.float64),
+                                      x.T @ user_item[:, j])
+        weights[others, j] = solution
+    history = torch.tensor([[0, 2, 5, 7]])
+    expected = weights[[1, 4, 6]].sum(0)  # items 2, 5, 7 -> rows 1, 4, 6
+    scores = score_fn(history, EMPTY, EMPTY)[0]
+    torch.testing.assert_close(scores[1:].double(), expected, atol=1e-5, rtol=1e-4)
+    assert scores[0] == 0.0
+
+
+def test_script_prints_every_reference_beside_most_popular(tmp_path, monkeypatch, capsys) -> None:
+    """The README's command on a small log in the BERT4Rec format: one row per ranker, each
+    protocol's HR@10 / NDCG@10 with its ratio to most-popular (1.00x for most-popular itself)."""
+    generator = torch.Generator().manual_seed(1)
+    lines = []
+    for user in range(80):
+        items = torch.randperm(150, generator=generator)[: 20 + user % 20] + 1
+        lines += [f"{user + 1} {item}" for item in items.tolist()]
+    log_file = tmp_path / "log.txt"
+    log_file.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(sys, "argv", ["ranking_references.py", "--data", str(log_file),
+                                      "--format", "sequences", "--cache", str(tmp_path / "cache")])
+    references.main()
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| ranker")}
+    assert set(rows) == {"most_popular", "markov", "item_knn", "ease"}
+    assert rows["most_popular"].count("(1.00x)") == 3  # full, uniform and popularity samples
+    assert "80 users" in out and "L = 10" in out
+
+
+def test_simulator_benchmark_prints_one_rate_per_cell_and_skips_oversized_ones(
+        monkeypatch, capsys) -> None:
+    simulator = load_bench("simulator")
+    # 4 users x 51 item slots x 3 masks = 612 bytes: over a 500-byte cap, so that cell is skipped.
+    monkeypatch.setattr(sys, "argv", ["simulator.py", "--users", "1", "4", "--items", "30", "50",
+                                      "--seconds", "0.05", "--steps", "3", "--history-length", "5",
+                                      "--max-mask-gb", "5e-7"])
+    simulator.main()
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ") and "\\" not in line]
+    cells = [[cell.strip() for cell in line.strip("| ").split("|")] for line in table]
+    assert [row[0] for row in cells] == ["1", "4"]
+    assert cells[1][2] == "skipped" and "4 users x 50 items skipped" in out
+    for rate in (cells[0][1], cells[0][2], cells[1][1]):  # user-steps per second, e.g. 1.2k
+        assert rate[0].isdigit() and "steps" not in rate  # 3 timed steps: no warning
