@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from recrl.encoders import HistoryEncoder, ItemScorer
 from recrl.envs import InterestEvolutionEnv
 from recrl.envs.base import CLICKED, PADDING
 from tests.conftest import ML100K, needs_ml100k, run_recrl_in_process
+from tests.test_bench import load_bench
 
 
 def toy_sequences(num_items: int = 12, heldout: tuple[bool, ...] = (False, False, True)) -> Sequences:
@@ -241,9 +243,12 @@ def test_pretraining_needs_logged_sequences() -> None:
 
 
 @needs_ml100k
-def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path) -> None:
+def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, monkeypatch,
+                                                                capsys) -> None:
     """Both steps through the entry function: pretraining writes rankings and a checkpoint; an RL
-    run starts from it and reports the same ranking protocols next to its online return."""
+    run starts from it and reports the same ranking protocols next to its online return. The
+    README's per-target breakdown (bench/ranking_by_target.py) of that checkpoint agrees with
+    the run's own test-item numbers."""
     data = [f"env.path={ML100K}", f"env.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
             "evaluation.ranking.chunk_size=1024"]
     pretrain_dir = tmp_path / "pretrain"
@@ -261,6 +266,16 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path) 
     assert checkpoint.is_file()
     with open(pretrain_dir / "metrics.csv") as f:
         assert "val/HR@10" in f.readline()
+
+    monkeypatch.setattr(sys, "argv", ["ranking_by_target.py", str(checkpoint), "--override",
+                                      "env=ml100k", "debug=smoke", *data])
+    load_bench("ranking_by_target").main()
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines()
+            if line.startswith(f"| {checkpoint} |")]
+    assert [row[2].strip() for row in rows] == ["all 943", "trained on (849)", "held out (94)"]
+    test_cell = rows[0][4].split()  # "<model> / <popular> (<ratio>x)" on the test item
+    assert float(test_cell[0]) == round(ranking["agent"]["full"]["HR@10"], 3)
+    assert float(test_cell[2]) == round(ranking["popular"]["full"]["HR@10"], 3)
 
     rl_dir = tmp_path / "ppo"
     assert run_recrl_in_process(rl_dir, "env=ml100k", "algo=ppo", "debug=smoke", *data,

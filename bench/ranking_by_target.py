@@ -1,0 +1,72 @@
+"""A pretraining checkpoint's full-ranking HR@10 on each leave-one-out target, by user group.
+
+Every run reports HR@10 on the *test* item (each user's last). This script also ranks the
+*validation* item (the one before it) and splits the users into those the pretraining trained
+on and the simulator's held-out users, next to most-popular on the same items. It answers two
+questions the single test number cannot: is the test item harder than the validation item,
+and how much of a trained user's score is memory of their own training sequence (whose last
+window the validation item follows) rather than generalisation (held-out users)?
+
+    python bench/ranking_by_target.py <pretraining run>/checkpoints/last.ckpt [...] \
+        [--override env=ml100k encoder=bert_tiny]
+
+The overrides must rebuild the pretraining run's env and encoder (the defaults: ``env=ml100k``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from recrl.ranking import evaluate_ranking, most_popular_scorer
+from recrl.run import build_module
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = ("valid", "test")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", help="algo=pretrain checkpoints")
+    parser.add_argument("--override", nargs="*", default=["env=ml100k"],
+                        help="Hydra overrides that rebuild the pretraining run's env and encoder")
+    args = parser.parse_args()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["algo=pretrain", *args.override])
+    print("Full-ranking HR@10 (most-popular's beside it, and the ratio), leave-one-out "
+          "validation and test items\n")
+    print("| checkpoint | users | " + " | ".join(f"{t} item" for t in TARGETS) + " |")
+    print("|---|---|" + "---:|" * len(TARGETS))
+    for checkpoint in args.checkpoints:
+        module, _ = build_module(cfg)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+        module.eval()
+        sequences = module.sequences
+        heldout = sequences.heldout_users
+        groups = {
+            f"all {sequences.num_users}": torch.arange(sequences.num_users),
+            f"trained on ({int((~heldout).sum())})": torch.nonzero(~heldout).squeeze(1),
+            f"held out ({int(heldout.sum())})": torch.nonzero(heldout).squeeze(1),
+        }
+        popular = most_popular_scorer(sequences)
+        for group, users in groups.items():
+            cells = []
+            for target in TARGETS:
+                hr = {}
+                for name, score_fn in (("model", module.item_scores), ("popular", popular)):
+                    with torch.no_grad():
+                        result = evaluate_ranking(
+                            score_fn, sequences, history_length=module.encoder.history_length,
+                            target=target, users=users, ks=(10,), protocols=("full",))
+                    hr[name] = result["full"]["HR@10"]
+                cells.append(f"{hr['model']:.3f} / {hr['popular']:.3f} "
+                             f"({hr['model'] / hr['popular']:.2f}x)")
+            print(f"| {checkpoint} | {group} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
