@@ -19,7 +19,8 @@ history) is the state token here: it is always present and always predicts what 
 
 Data: the leave-one-out training part of every *training* user of the simulator's user split
 (the last two items of each user are validation and test targets; held-out simulator users are
-never trained on). Windows are cut and masked with tensor operations on the CSR sequences.
+never trained on). ``train_on_validation_item`` adds the validation item, as BERT4Rec's own data
+preparation does. Windows are cut and masked with tensor operations on the CSR sequences.
 """
 
 from __future__ import annotations
@@ -50,9 +51,12 @@ class TrainingWindows:
     histories; the target is the item at ``t``.
     """
 
-    def __init__(self, sequences: Sequences, history_length: int) -> None:
-        train_items, train_offsets, _, _ = sequences.leave_one_out()
-        lengths = train_offsets[1:] - train_offsets[:-1]
+    def __init__(self, sequences: Sequences, history_length: int,
+                 train_on_validation_item: bool = False) -> None:
+        part = sequences.training_part(held_out=1 if train_on_validation_item else 2)
+        train_items = sequences.items[part]
+        lengths = sequences.lengths - (1 if train_on_validation_item else 2)
+        train_offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
         users = torch.arange(sequences.num_users)
         train_users = ~sequences.heldout_users
         position_user = torch.repeat_interleave(users, lengths)  # [I_train]
@@ -62,15 +66,15 @@ class TrainingWindows:
         self.items = train_items
         self.targets = position[keep]  # flat positions of the targets
         self.user_start = start[keep]  # flat position of each target's user's first item
-        self.watch = self._watch_times(sequences, lengths)
+        self.watch = self._watch_times(sequences, part)
         self.history_length = history_length
 
     @staticmethod
-    def _watch_times(sequences: Sequences, train_lengths: Tensor) -> Tensor:
+    def _watch_times(sequences: Sequences, part: Tensor) -> Tensor:
         """Logged ratings of the training part (the env's convention: MAX_RATING without any)."""
         if sequences.ratings is None:
-            return torch.full((int(train_lengths.sum()),), MAX_RATING)
-        return sequences.ratings[sequences.training_part()]
+            return torch.full((int(part.sum()),), MAX_RATING)
+        return sequences.ratings[part]
 
     def __len__(self) -> int:
         return self.targets.numel()
@@ -102,6 +106,11 @@ class ClozePretrainModule(L.LightningModule):
         rating_weight: weight of the rating head's squared error (the logged rating of the next
             item). Logs without ratings get no rating head, whatever the weight.
         batch_size: windows per optimiser step.
+        train_on_validation_item: also train on each training user's leave-one-out validation
+            item, as BERT4Rec's own data preparation does before its final fit (its
+            ``gen_data_fin.py`` "puts validate into train"). The test item stays out; the
+            periodic validation then ranks only the simulator's held-out users, whom
+            pretraining never trains on.
         lr, weight_decay, warmup_steps: AdamW with linear warm-up then linear decay to 0 over
             ``trainer.max_steps``.
         seed: seed of the window order (the masks follow the global seed).
@@ -116,6 +125,7 @@ class ClozePretrainModule(L.LightningModule):
         cloze_weight: float = 1.0,
         rating_weight: float = 1.0,
         batch_size: int = 256,
+        train_on_validation_item: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_steps: int = 100,
@@ -144,7 +154,9 @@ class ClozePretrainModule(L.LightningModule):
             )
         self.encoder = encoder
         self.sequences: Sequences = sequences
-        self.windows = TrainingWindows(sequences, encoder.history_length)
+        self.train_on_validation_item = train_on_validation_item
+        self.windows = TrainingWindows(sequences, encoder.history_length,
+                                       train_on_validation_item)
         self.next_item_head = ItemScorer(encoder)
         self.cloze_head = ItemScorer(encoder)
         self.rating_head: ItemScorer | None = None

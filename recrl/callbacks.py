@@ -145,15 +145,22 @@ class RankingValidation(EveryNSteps):
     A fixed, seeded sample of ``num_users`` users (all of them when there are fewer), ranked on
     their leave-one-out *validation* item (the test item is kept for the final numbers). Logs
     ``val/HR@10`` and ``val/NDCG@10`` straight to the loggers, like `PeriodicEvaluation`.
+    ``heldout_only`` samples the log's held-out users only: when pretraining trains on the
+    other users' validation items, theirs would not measure anything.
     """
 
     def __init__(self, sequences: Sequences | None, every_n_steps: int, num_users: int,
-                 seed: int) -> None:
+                 seed: int, heldout_only: bool = False) -> None:
         super().__init__()
         if sequences is None:
             raise ValueError("ranking validation needs the logged sequences of a logged-data env")
+        pool = (torch.nonzero(sequences.heldout_users).squeeze(1) if heldout_only
+                else torch.arange(sequences.num_users))
+        if pool.numel() == 0:
+            raise ValueError("no held-out users to validate on: raise env.holdout_user_fraction "
+                             "or set algo.train_on_validation_item=false")
         generator = torch.Generator().manual_seed(seed)
-        users = torch.randperm(sequences.num_users, generator=generator)[:num_users]
+        users = pool[torch.randperm(pool.numel(), generator=generator)[:num_users]]
         self.users = users.sort().values
         self.sequences = sequences
         self.every_n_steps = every_n_steps

@@ -219,6 +219,7 @@ def build(cfg: DictConfig, output_dir: Path) -> Built:
                 every_n_steps=cfg.evaluation.every_n_steps,
                 num_users=cfg.evaluation.num_users,
                 seed=cfg.evaluation.val_seed,
+                heldout_only=module.train_on_validation_item,
             )
         else:
             evaluation = PeriodicEvaluation(

@@ -13,6 +13,7 @@ import torch
 
 from lightning_modules.dqn import DQNModule
 from lightning_modules.pretrain import ClozePretrainModule, TrainingWindows
+from recrl.callbacks import RankingValidation
 from recrl.data import Sequences
 from recrl.encoders import HistoryEncoder, ItemScorer
 from recrl.envs import InterestEvolutionEnv
@@ -66,6 +67,30 @@ def test_windows_are_the_items_before_each_target_of_training_users_only() -> No
     torch.testing.assert_close(batch["history_watch_time"][4], torch.tensor([0.0, 0.0, 0.8]))
     # The rating head's targets: the logged ratings of the next items (item / 10 here).
     torch.testing.assert_close(batch["next_rating"], batch["next_item"].float() / 10)
+
+
+def test_train_on_validation_item_adds_it_and_never_the_test_item() -> None:
+    """BERT4Rec's own data (its validation item in training): user 0 trains on 1..6, user 1 on
+    8..11; the test items 7 and 12 and the held-out user stay out."""
+    windows = TrainingWindows(toy_sequences(), history_length=3, train_on_validation_item=True)
+    batch = windows.batch(torch.arange(len(windows)))
+    assert batch["next_item"].tolist() == [2, 3, 4, 5, 6, 9, 10, 11]
+    assert batch["history"][4].tolist() == [3, 4, 5] and batch["history"][7].tolist() == [8, 9, 10]
+    torch.testing.assert_close(batch["history_watch_time"][7], torch.tensor([0.8, 0.9, 1.0]))
+    torch.testing.assert_close(batch["next_rating"], batch["next_item"].float() / 10)
+
+
+def test_ranking_validation_ranks_held_out_users_when_their_validation_items_are_trained_on(
+        ) -> None:
+    sequences = toy_sequences(heldout=(False, True, True))
+    everyone = RankingValidation(sequences, every_n_steps=10, num_users=5, seed=0)
+    held_out = RankingValidation(sequences, every_n_steps=10, num_users=5, seed=0,
+                                 heldout_only=True)
+    assert everyone.users.tolist() == [0, 1, 2]
+    assert held_out.users.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="no held-out users"):
+        RankingValidation(toy_sequences(heldout=(False, False, False)), every_n_steps=10,
+                          num_users=5, seed=0, heldout_only=True)
 
 
 def test_without_masking_only_the_next_item_and_its_rating_are_learnt() -> None:

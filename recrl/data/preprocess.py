@@ -102,14 +102,15 @@ class Sequences:
         train_offsets = torch.cat([torch.zeros(1, dtype=torch.long), train_lengths.cumsum(0)])
         return self.items[self.training_part()], train_offsets, valid_item, test_item
 
-    def training_part(self) -> Tensor:
+    def training_part(self, held_out: int = 2) -> Tensor:
         """``[I]`` bool: the interactions of each user's leave-one-out training sequence (all
-        but the last two), for arrays aligned with ``items`` such as ``ratings``."""
+        but the last ``held_out``: 2 keeps the validation and test items out, 1 the test item
+        only), for arrays aligned with ``items`` such as ``ratings``."""
         lengths = self.lengths
         position = torch.arange(self.items.numel()) - torch.repeat_interleave(
             self.offsets[:-1], lengths
         )
-        return position < torch.repeat_interleave(lengths - 2, lengths)
+        return position < torch.repeat_interleave(lengths - held_out, lengths)
 
     def state_dict(self) -> dict[str, Tensor | int | list[str] | None]:
         return {"items": self.items, "offsets": self.offsets, "num_items": self.num_items,
