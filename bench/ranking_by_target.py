@@ -11,6 +11,8 @@ window the validation item follows) rather than generalisation (held-out users)?
         [--override env=ml100k encoder=bert_tiny]
 
 The overrides must rebuild the pretraining run's env and encoder (the defaults: ``env=ml100k``).
+A checkpoint of ``algo.train_on_validation_item=true`` trained on the trained users' validation
+items: those cells say "(trained on)" instead of a number.
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ def main() -> None:
     print("|---|---|" + "---:|" * len(TARGETS))
     for checkpoint in args.checkpoints:
         module, _ = build_module(cfg)
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        module.load_state_dict(saved["state_dict"])
+        # algo.train_on_validation_item: the trained users' validation items were training data.
+        trained_on_valid = saved.get("hyper_parameters", {}).get("train_on_validation_item", False)
         module.eval()
         sequences = module.sequences
         heldout = sequences.heldout_users
@@ -56,6 +60,9 @@ def main() -> None:
         for group, users in groups.items():
             cells = []
             for target in TARGETS:
+                if target == "valid" and trained_on_valid and not group.startswith("held out"):
+                    cells.append("(trained on)")
+                    continue
                 hr = {}
                 for name, score_fn in (("model", module.item_scores), ("popular", popular)):
                     with torch.no_grad():

@@ -301,6 +301,17 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, 
     test_cell = rows[0][4].split()  # "<model> / <popular> (<ratio>x)" on the test item
     assert float(test_cell[0]) == round(ranking["agent"]["full"]["HR@10"], 3)
     assert float(test_cell[2]) == round(ranking["popular"]["full"]["HR@10"], 3)
+    # A checkpoint that trained on the validation items shows no number where it did.
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved["hyper_parameters"]["train_on_validation_item"] = True
+    torch.save(saved, tmp_path / "with_valid.ckpt")
+    monkeypatch.setattr(sys, "argv", ["ranking_by_target.py", str(tmp_path / "with_valid.ckpt"),
+                                      "--override", "env=ml100k", "debug=smoke", *data])
+    load_bench("ranking_by_target").main()
+    valid_cells = [line.split("|")[3].strip() for line in capsys.readouterr().out.splitlines()
+                   if "with_valid.ckpt" in line]
+    assert valid_cells[:2] == ["(trained on)", "(trained on)"]
+    assert valid_cells[2][0].isdigit()  # the held-out users: never trained on
 
     rl_dir = tmp_path / "ppo"
     assert run_recrl_in_process(rl_dir, "env=ml100k", "algo=ppo", "debug=smoke", *data,
