@@ -53,9 +53,10 @@ class TrainingWindows:
 
     def __init__(self, sequences: Sequences, history_length: int,
                  train_on_validation_item: bool = False) -> None:
-        part = sequences.training_part(held_out=1 if train_on_validation_item else 2)
+        held_out = 1 if train_on_validation_item else 2  # the test item, and the validation item
+        part = sequences.training_part(held_out)
         train_items = sequences.items[part]
-        lengths = sequences.lengths - (1 if train_on_validation_item else 2)
+        lengths = sequences.lengths - held_out
         train_offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
         users = torch.arange(sequences.num_users)
         train_users = ~sequences.heldout_users
