@@ -4,13 +4,13 @@ Every run reports HR@10 on the *test* item (each user's last). This script also 
 *validation* item (the one before it) and splits the users into those the pretraining trained
 on and the simulator's held-out users, next to most-popular on the same items. It answers two
 questions the single test number cannot: is the test item harder than the validation item,
-and how much of a trained user's score is memory of their own training sequence (whose last
-window the validation item follows) rather than generalisation (held-out users)?
+and do the users pretraining trained on score otherwise than held-out users it never saw?
 
     python bench/ranking_by_target.py <pretraining run>/checkpoints/last.ckpt [...] \
         [--override env=ml100k encoder=bert_tiny]
 
-The overrides must rebuild the pretraining run's env and encoder (the defaults: ``env=ml100k``).
+The overrides must rebuild the pretraining run's env, encoder and heads (the defaults:
+``env=ml100k``; a run without the rating head wants ``algo.rating_weight=0``).
 A checkpoint of ``algo.train_on_validation_item=true`` trained on the trained users' validation
 items: those cells say "(trained on)" instead of a number.
 """
@@ -38,42 +38,43 @@ def main() -> None:
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["algo=pretrain", *args.override])
+    module, _ = build_module(cfg)  # one module; each checkpoint's weights are loaded into it
+    module.eval()
+    sequences = module.sequences
+    heldout = sequences.heldout_users
+    groups = {
+        f"all {sequences.num_users}": torch.arange(sequences.num_users),
+        f"trained on ({int((~heldout).sum())})": torch.nonzero(~heldout).squeeze(1),
+        f"held out ({int(heldout.sum())})": torch.nonzero(heldout).squeeze(1),
+    }
+
+    def hit_rate(score_fn, target: str, users: torch.Tensor) -> float:
+        with torch.no_grad():
+            return evaluate_ranking(score_fn, sequences,
+                                    history_length=module.encoder.history_length, target=target,
+                                    users=users, ks=(10,), protocols=("full",))["full"]["HR@10"]
+
+    popular = most_popular_scorer(sequences)  # the same for every checkpoint: ranked once
+    popular_hr = {(group, target): hit_rate(popular, target, users)
+                  for group, users in groups.items() for target in TARGETS}
     print("Full-ranking HR@10 (most-popular's beside it, and the ratio), leave-one-out "
           "validation and test items\n")
     print("| checkpoint | users | " + " | ".join(f"{t} item" for t in TARGETS) + " |")
     print("|---|---|" + "---:|" * len(TARGETS))
     for checkpoint in args.checkpoints:
-        module, _ = build_module(cfg)
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         module.load_state_dict(saved["state_dict"])
         # algo.train_on_validation_item: the trained users' validation items were training data.
         trained_on_valid = saved.get("hyper_parameters", {}).get("train_on_validation_item", False)
-        module.eval()
-        sequences = module.sequences
-        heldout = sequences.heldout_users
-        groups = {
-            f"all {sequences.num_users}": torch.arange(sequences.num_users),
-            f"trained on ({int((~heldout).sum())})": torch.nonzero(~heldout).squeeze(1),
-            f"held out ({int(heldout.sum())})": torch.nonzero(heldout).squeeze(1),
-        }
-        popular = most_popular_scorer(sequences)
         for group, users in groups.items():
             cells = []
             for target in TARGETS:
                 if target == "valid" and trained_on_valid and not group.startswith("held out"):
                     cells.append("(trained on)")
                     continue
-                hr = {}
-                for name, score_fn in (("model", module.item_scores), ("popular", popular)):
-                    with torch.no_grad():
-                        result = evaluate_ranking(
-                            score_fn, sequences, history_length=module.encoder.history_length,
-                            target=target, users=users, ks=(10,), protocols=("full",))
-                    hr[name] = result["full"]["HR@10"]
-                cells.append(f"{hr['model']:.3f} / {hr['popular']:.3f} "
-                             f"({hr['model'] / hr['popular']:.2f}x)")
+                model, base = hit_rate(module.item_scores, target, users), popular_hr[group, target]
+                cells.append(f"{model:.3f} / {base:.3f} ({model / base:.2f}x)")
             print(f"| {checkpoint} | {group} | " + " | ".join(cells) + " |", flush=True)
-
 
 if __name__ == "__main__":
     main()

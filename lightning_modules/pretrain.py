@@ -54,10 +54,8 @@ class TrainingWindows:
     def __init__(self, sequences: Sequences, history_length: int,
                  train_on_validation_item: bool = False) -> None:
         held_out = 1 if train_on_validation_item else 2  # the test item, and the validation item
-        part = sequences.training_part(held_out)
-        train_items = sequences.items[part]
-        lengths = sequences.lengths - held_out
-        train_offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        train_items, train_offsets = sequences.training_sequences(held_out)
+        lengths = train_offsets[1:] - train_offsets[:-1]
         users = torch.arange(sequences.num_users)
         train_users = ~sequences.heldout_users
         position_user = torch.repeat_interleave(users, lengths)  # [I_train]
@@ -67,12 +65,13 @@ class TrainingWindows:
         self.items = train_items
         self.targets = position[keep]  # flat positions of the targets
         self.user_start = start[keep]  # flat position of each target's user's first item
-        self.watch = self._watch_times(sequences, part)
+        self.watch = self._watch_times(sequences, held_out)
         self.history_length = history_length
 
     @staticmethod
-    def _watch_times(sequences: Sequences, part: Tensor) -> Tensor:
+    def _watch_times(sequences: Sequences, held_out: int) -> Tensor:
         """Logged ratings of the training part (the env's convention: MAX_RATING without any)."""
+        part = sequences.training_part(held_out)
         if sequences.ratings is None:
             return torch.full((int(part.sum()),), MAX_RATING)
         return sequences.ratings[part]

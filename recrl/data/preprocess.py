@@ -96,11 +96,15 @@ class Sequences:
         """``(train_items, train_offsets, valid_item, test_item)``: per user, the last item is the
         test target, the one before it the validation target, the rest the training sequence."""
         last = self.offsets[1:] - 1
-        test_item = self.items[last]
-        valid_item = self.items[last - 1]
-        train_lengths = self.lengths - 2
-        train_offsets = torch.cat([torch.zeros(1, dtype=torch.long), train_lengths.cumsum(0)])
-        return self.items[self.training_part()], train_offsets, valid_item, test_item
+        train_items, train_offsets = self.training_sequences()
+        return train_items, train_offsets, self.items[last - 1], self.items[last]
+
+    def training_sequences(self, held_out: int = 2) -> tuple[Tensor, Tensor]:
+        """``(items, offsets)`` of every user's sequence without its last ``held_out`` items
+        (2: the leave-one-out training part; 1: the validation item kept as well)."""
+        lengths = self.lengths - held_out
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        return self.items[self.training_part(held_out)], offsets
 
     def training_part(self, held_out: int = 2) -> Tensor:
         """``[I]`` bool: the interactions of each user's leave-one-out training sequence (all
