@@ -17,7 +17,9 @@ leave-one-out test item) that rank the pretrained encoder:
   ``--ease-max-items`` items: it inverts an ``N x N`` matrix).
 
 ``--history-length 2000`` gives every ranker a user's whole prefix instead of the last ``L``
-items (how much does a longer history help on this data?).
+items (how much does a longer history help on this data?). ``--target valid`` ranks each user's
+leave-one-out validation item (the one before the test item) instead: is one target harder than
+the other for every ranker, or only for a trained encoder?
 
 The statistics come from the leave-one-out training parts of all users, as most-popular's
 counts do (no test or validation item is ever counted). Prints a markdown table.
@@ -44,6 +46,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", default=str(default_data), help="dataset folder or file")
     parser.add_argument("--format", default="ml-100k", help="a recrl.data format")
     parser.add_argument("--history-length", type=int, default=10, help="L, as env.history_length")
+    parser.add_argument("--target", choices=("test", "valid"), default="test",
+                        help="the leave-one-out item to rank (the statistics never count either)")
     parser.add_argument("--reach", type=int, default=3, help="markov: farthest transition counted")
     parser.add_argument("--decay", type=float, default=0.8, help="markov: recency decay")
     parser.add_argument("--ease-lambda", type=float, default=500.0, help="ease: L2 penalty")
@@ -142,11 +146,13 @@ def main() -> None:
     }
     if sequences.num_items <= args.ease_max_items:
         scorers["ease"] = ease_scorer(sequences, args.ease_lambda)
-    results = {name: evaluate_ranking(fn, sequences, history_length=args.history_length, ks=(10,))
+    results = {name: evaluate_ranking(fn, sequences, history_length=args.history_length,
+                                      target=args.target, ks=(10,))
                for name, fn in scorers.items()}
     protocols = list(results["most_popular"])
     print(f"{args.data}: {sequences.num_users} users, {sequences.num_items} items, "
-          f"L = {args.history_length}; HR@10 / NDCG@10 (x most-popular's HR@10)\n")
+          f"L = {args.history_length}, {args.target} item; "
+          "HR@10 / NDCG@10 (x most-popular's HR@10)\n")
     print("| ranker | " + " | ".join(protocols) + " |")
     print("|---|" + "---:|" * len(protocols))
     for name, result in results.items():

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 
-from recrl.ranking import popularity_scores
+from recrl.data import PreprocessConfig, load_sequences
+from recrl.ranking import evaluate_ranking, most_popular_scorer, popularity_scores
 from tests.conftest import REPO_ROOT
 from tests.test_ranking import make_sequences
 
@@ -83,9 +86,8 @@ def test_ease_solves_its_constrained_ridge_regression() -> None:
     assert scores[0] == 0.0
 
 
-def test_script_prints_every_reference_beside_most_popular(tmp_path, monkeypatch, capsys) -> None:
-    """The README's command on a small log in the BERT4Rec format: one row per ranker, each
-    protocol's HR@10 / NDCG@10 with its ratio to most-popular (1.00x for most-popular itself)."""
+def small_log(tmp_path) -> Path:
+    """80 users' random sequences of 20-39 of 150 items, in the BERT4Rec format."""
     generator = torch.Generator().manual_seed(1)
     lines = []
     for user in range(80):
@@ -93,15 +95,49 @@ def test_script_prints_every_reference_beside_most_popular(tmp_path, monkeypatch
         lines += [f"{user + 1} {item}" for item in items.tolist()]
     log_file = tmp_path / "log.txt"
     log_file.write_text("\n".join(lines) + "\n")
-    monkeypatch.setattr(sys, "argv", ["ranking_references.py", "--data", str(log_file),
-                                      "--format", "sequences", "--cache", str(tmp_path / "cache")])
+    return log_file
+
+
+def run_references(tmp_path, monkeypatch, capsys, *extra: str) -> tuple[str, dict[str, str]]:
+    """The script's output and its table rows by ranker name."""
+    monkeypatch.setattr(sys, "argv", ["ranking_references.py", "--data", str(small_log(tmp_path)),
+                                      "--format", "sequences", "--cache", str(tmp_path / "cache"),
+                                      *extra])
     references.main()
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines()
             if line.startswith("| ") and not line.startswith("| ranker")}
+    return out, rows
+
+
+def test_script_prints_every_reference_beside_most_popular(tmp_path, monkeypatch, capsys) -> None:
+    """The README's command on a small log in the BERT4Rec format: one row per ranker, each
+    protocol's HR@10 / NDCG@10 with its ratio to most-popular (1.00x for most-popular itself)."""
+    out, rows = run_references(tmp_path, monkeypatch, capsys)
     assert set(rows) == {"most_popular", "markov", "item_knn", "ease"}
     assert rows["most_popular"].count("(1.00x)") == 3  # full, uniform and popularity samples
-    assert "80 users" in out and "L = 10" in out
+    assert "80 users" in out and "L = 10" in out and "test item" in out
+
+
+@pytest.mark.parametrize("target", ["test", "valid"])
+def test_script_ranks_the_leave_one_out_item_it_is_asked_for(
+        tmp_path, monkeypatch, capsys, target: str) -> None:
+    """``--target`` picks the item ranked: most-popular's full-ranking HR@10 / NDCG@10 in the
+    table are those of ``evaluate_ranking`` on that target (on this log the two targets' numbers
+    differ, so ranking the other one fails)."""
+    out, rows = run_references(tmp_path, monkeypatch, capsys, "--target", target)
+    assert f"{target} item" in out
+    sequences = load_sequences(small_log(tmp_path), "sequences",
+                               PreprocessConfig(min_user_interactions=5, min_item_interactions=5),
+                               cache_dir=tmp_path / "cache")
+    expected = {
+        name: evaluate_ranking(most_popular_scorer(sequences), sequences, history_length=10,
+                               target=name, ks=(10,), protocols=("full",))["full"]
+        for name in ("test", "valid")}
+    assert expected["test"]["HR@10"] != expected["valid"]["HR@10"]
+    full_cell = rows["most_popular"].split("|")[2].strip()
+    assert full_cell == (f"{expected[target]['HR@10']:.4f} / {expected[target]['NDCG@10']:.4f} "
+                         "(1.00x)")
 
 
 def test_simulator_benchmark_prints_one_rate_per_cell_and_skips_oversized_ones(
