@@ -20,10 +20,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from recrl.baselines import MostPopularRecommender
-from recrl.compare import read_test_returns
+from recrl.compare import differing_population, read_test_returns
 from recrl.envs import uniform_valid_action
 from recrl.evaluation import paired_gap, play_users, summarise
-from recrl.run import build_module
+from recrl.run import build_module, evaluation_population
 
 REPO = Path(__file__).resolve().parent.parent
 #: Users stepped at once while counting clicks (any number gives the same kind of counts).
@@ -58,7 +58,16 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=args.override)
     module, probe_env = build_module(cfg)
-    runs = {run: read_test_returns(Path(run))["returns"] for run in args.runs}
+    population = evaluation_population(cfg)
+    runs = {}
+    for run in args.runs:
+        saved = read_test_returns(Path(run))
+        differing = differing_population(saved["population"], population)
+        if differing:  # a user-by-user gap needs the same users in the same order
+            raise SystemExit(f"{run} met other test users than this evaluation (their "
+                             f"{', '.join(differing)} differ): give the run's env and "
+                             "evaluation settings with --override")
+        runs[run] = saved["returns"]
     print(f"| random-exposure frames | fixed popular | {' | '.join(runs)} |")
     print(f"|---:|---:|{'---:|' * len(runs)}")
     for frames in args.frames:
@@ -73,9 +82,6 @@ def main() -> None:
         gaps = []
         for returns in runs.values():
             agent = torch.tensor(returns["agent"], dtype=torch.float64)
-            if agent.shape != episodes.returns.shape:
-                raise SystemExit("a run's test users differ from this evaluation's: give the "
-                                 "runs' env and evaluation settings with --override")
             mean, ci95 = paired_gap(agent, episodes.returns)
             gaps.append(f"{mean:+.1f} ± {ci95:.1f}")
         print(f"| {frames:,} | {summary['return_mean']:.1f} ± {summary['return_ci95']:.1f} | "

@@ -64,13 +64,18 @@ def read_test_returns(run_dir: Path) -> dict[str, Any]:
     return data
 
 
+def differing_population(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The keys (``env``, ``seed``, ``num_users``) on which two evaluation populations differ:
+    none means the same test users in the same order."""
+    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
+
+
 def compare_runs(run_a: Path, run_b: Path, policy_a: str = "agent",
                  policy_b: str = "agent") -> dict[str, Any]:
     """Mean and 95% CI of ``policy_a`` of ``run_a`` minus ``policy_b`` of ``run_b``, user by user,
     with both runs' means. Refuses runs whose test users differ."""
     a, b = read_test_returns(run_a), read_test_returns(run_b)
-    differing = sorted(key for key in a["population"].keys() | b["population"].keys()
-                       if a["population"].get(key) != b["population"].get(key))
+    differing = differing_population(a["population"], b["population"])
     if differing:
         raise ComparisonError(
             f"{run_a} and {run_b} evaluated different test users (their {', '.join(differing)} "

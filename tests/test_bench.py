@@ -155,3 +155,28 @@ def test_simulator_benchmark_prints_one_rate_per_cell_and_skips_oversized_ones(
     assert cells[1][2] == "skipped" and "4 users x 50 items skipped" in out
     for rate in (cells[0][1], cells[0][2], cells[1][1]):  # user-steps per second, e.g. 1.2k
         assert rate[0].isdigit() and "steps" not in rate  # 3 timed steps: no warning
+
+
+def test_head_policy_picks_the_best_allowed_item_or_samples_the_softmax_of_allowed_items() -> None:
+    """bench/pretrained_policy.py's ``HeadPolicy``: greedy is the argmax over the items the
+    environment allows; sampled, masked items are never drawn and the draws follow
+    ``softmax(scale * scores)`` over the allowed items."""
+    from tensordict import TensorDict
+
+    head_policy = load_bench("pretrained_policy").HeadPolicy
+    scores = torch.tensor([0.0, 3.0, 1.0, 2.0, 0.0])  # item 1 scores best but is not allowed
+    allowed = torch.tensor([False, False, True, True, True])
+    num_users = 4000
+    td = TensorDict({"history": torch.zeros(num_users, 3, dtype=torch.long),
+                     "history_response": torch.zeros(num_users, 3),
+                     "history_watch_time": torch.zeros(num_users, 3),
+                     "action_mask": allowed.expand(num_users, -1)}, batch_size=[num_users])
+    encoder = lambda history, response, watch_time: torch.zeros(history.shape[0], 2)  # noqa: E731
+    scorer = lambda state: scores.expand(state.shape[0], -1)  # noqa: E731
+
+    assert (head_policy(encoder, scorer, None)(td.clone())["action"] == 3).all()
+    actions = head_policy(encoder, scorer, 1.0, seed=0)(td.clone())["action"]
+    frequencies = torch.bincount(actions, minlength=5).float() / num_users
+    expected = torch.softmax(torch.tensor([1.0, 2.0, 0.0]), 0)  # items 2, 3, 4
+    assert frequencies[:2].sum() == 0
+    assert torch.allclose(frequencies[2:], expected, atol=0.03)

@@ -319,3 +319,30 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, 
     results = json.loads((rl_dir / "results.json").read_text())
     assert {"random", "popular", "popular_log", "oracle_myopic"} == set(results["baselines"])
     assert set(results["offline_ranking"]["agent"]) == protocols
+
+    # The README's heads-as-policies table (bench/pretrained_policy.py) on the same test users:
+    # its random row is the run's own random baseline, number for number.
+    rl_overrides = ["--override", "env=ml100k", "debug=smoke", *data]
+    monkeypatch.setattr(sys, "argv", ["pretrained_policy.py", str(checkpoint), "--users", "32",
+                                      "--scales", "4", *rl_overrides])
+    load_bench("pretrained_policy").main()
+    out = capsys.readouterr().out
+    assert "(head: rating)" in out
+    rows = {line.split("|")[1].strip(): line.split("|")[2].split() for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| policy")}
+    assert list(rows) == ["random", "head, greedy", "head, sampled at scale 4"]
+    assert float(rows["random"][0]) == round(results["baselines"]["random"]["return_mean"], 1)
+
+    # The fixed most-popular (bench/fixed_popular.py) against this run, user by user: the mean
+    # paired gap is the difference of the two means; a run on other users is refused.
+    monkeypatch.setattr(sys, "argv", ["fixed_popular.py", str(rl_dir), "--frames", "512",
+                                      *rl_overrides])
+    load_bench("fixed_popular").main()
+    row = capsys.readouterr().out.splitlines()[-1].split("|")
+    assert row[1].strip() == "512"
+    fixed_mean, gap = float(row[2].split()[0]), float(row[3].split()[0])
+    assert gap == pytest.approx(results["agent"]["return_mean"] - fixed_mean, abs=0.11)
+    monkeypatch.setattr(sys, "argv", ["fixed_popular.py", str(rl_dir), "--frames", "512",
+                                      *rl_overrides, "evaluation.seed=7"])
+    with pytest.raises(SystemExit, match="other test users .*seed"):
+        load_bench("fixed_popular").main()
