@@ -246,11 +246,15 @@ def td_to_state(td: TensorDictBase) -> dict[str, Any]:
     }
 
 
-def td_from_state(state: Mapping[str, Any], device: torch.device | str | None = None) -> TensorDict:
+def td_from_state(state: Mapping[str, Any], device: torch.device | str | None = None, *,
+                  keep_saved_device: bool = True) -> TensorDict:
     """The inverse of `td_to_state`, with the tensors on ``device`` when one is given: a
     checkpoint loads onto the CPU, and a TensorDict saved without a device (a collector's
-    carrier, its rollouts) does not say where its tensors were. It stays without one."""
-    td = TensorDict(state["data"], batch_size=state["batch_size"], device=state["device"])
+    carrier, its rollouts) does not say where its tensors were. It stays without one.
+    ``keep_saved_device=False`` forgets the saved device as well: the tensors stay where they
+    were loaded, for a caller that puts each one where it belongs itself."""
+    saved_device = state["device"] if keep_saved_device else None
+    td = TensorDict(state["data"], batch_size=state["batch_size"], device=saved_device)
     if device is None:
         return td
     return td.to(device) if td.device is not None else td.apply(lambda t: t.to(device))
@@ -371,7 +375,7 @@ def restore_collector(collector: Any, state: Mapping[str, Any]) -> None:
     tensor where the collector expects it; the policy's last output, which a fresh carrier
     does not hold yet, goes to the simulator's device, where the policy made it.
     """
-    saved = td_from_state({**state["carrier"], "device": None})  # CPU tensors, as loaded
+    saved = td_from_state(state["carrier"], keep_saved_device=False)  # CPU tensors, as loaded
     fresh = collector._carrier
     if saved.batch_size != fresh.batch_size:
         raise ValueError(

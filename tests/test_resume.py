@@ -35,7 +35,7 @@ from torchrl.data.replay_buffers import PrioritizedSampler, RandomSampler
 import recrl.checkpointing as checkpointing
 from recrl.checkpointing import (
     PAUSED_FILE, RESUME_KEY, AtomicCheckpointIO, collector_state, load_replay_buffer_state,
-    replay_buffer_state, restore_collector, restore_rng, rng_state,
+    replay_buffer_state, restore_collector, restore_rng, rng_state, td_from_state, td_to_state,
 )
 from recrl.envs import InterestEvolutionEnv, uniform_valid_action
 from tests.conftest import REPO_ROOT
@@ -360,6 +360,17 @@ def test_environment_state_round_trips_and_the_simulation_goes_on_identically() 
         assert (td == td_twin).all()
         resets += int(out["next", "done"].sum())
     assert resets > 0  # the generator's state mattered: reset users were drawn from it
+
+
+def test_a_saved_tensordict_comes_back_on_its_device_or_on_none_when_asked() -> None:
+    """`td_from_state` restores the saved device by default; ``keep_saved_device=False`` (what
+    `restore_collector` reads a carrier with) gives a TensorDict without one, same data."""
+    state = td_to_state(TensorDict({"a": torch.arange(3), ("b", "c"): torch.ones(3, 2)},
+                                   batch_size=[3], device="cpu"))
+    assert td_from_state(state).device == torch.device("cpu")
+    forgotten = td_from_state(state, keep_saved_device=False)
+    assert forgotten.device is None and forgotten.batch_size == torch.Size([3])
+    assert forgotten["a"].tolist() == [0, 1, 2] and forgotten["b", "c"].shape == (3, 2)
 
 
 def test_a_restored_carrier_keeps_each_tensor_where_the_fresh_collector_keeps_it() -> None:
