@@ -1,9 +1,12 @@
-"""The README's reference rankers (bench/ranking_references.py): hand-computed transitions,
-EASE against its definition, and the script's table on a small log."""
+"""The benchmark scripts of bench/: the reference rankers (hand-computed transitions, EASE
+against its definition, the table on a small log, the target it ranks), the simulator table,
+pretrained_policy's head policy and the training benchmark's table (its columns add up).
+fixed_popular, pretrained_policy and ranking_by_target on a real checkpoint: tests/test_pretrain.py."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 
@@ -180,3 +183,44 @@ def test_head_policy_picks_the_best_allowed_item_or_samples_the_softmax_of_allow
     expected = torch.softmax(torch.tensor([1.0, 2.0, 0.0]), 0)  # items 2, 3, 4
     assert frequencies[:2].sum() == 0
     assert torch.allclose(frequencies[2:], expected, atol=0.03)
+
+
+def test_training_benchmark_table_adds_up(monkeypatch, capsys) -> None:
+    """bench/training.py on DQN for a few steps: each row's phases add up to its time per update,
+    frames/s is updates/s times the frames each update costs (``frames_per_batch /
+    updates_per_batch``), the minimal loop spends nothing on logging or callbacks, and the
+    ratio column is recrl's rate over the minimal loop's."""
+    # --threads 0 leaves this process's torch threads alone; the script's quiet() raises the
+    # level of Lightning's and TorchRL's loggers, put back afterwards for the tests that follow.
+    monkeypatch.setattr(sys, "argv", ["training.py", "--algos", "dqn", "--steps", "2",
+                                      "--warmup", "2", "--repeats", "1", "--no-side-costs",
+                                      "--threads", "0"])
+    levels = {name: logging.getLogger(name).level
+              for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchrl")}
+    training = load_bench("training")
+    try:
+        training.main()
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)  # setLevel also clears the loggers' caches
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| algo |"))
+    columns = [cell.strip() for cell in header.split("|")[1:-1]]
+    rows = {}
+    for line in out.splitlines():
+        if line.startswith("| dqn |"):
+            cells = dict(zip(columns, (cell.strip() for cell in line.split("|")[1:-1])))
+            rows[cells["way"]] = cells
+    assert set(rows) == {"recrl", "minimal"}
+    phases = [f"{phase} ms" for phase in training.PHASES]
+    frames_per_update = 256 / 4  # conf/algo/dqn.yaml: frames_per_batch / updates_per_batch
+    for cells in rows.values():
+        updates_per_s = float(cells["updates/s"])
+        assert sum(float(cells[p]) for p in phases) == pytest.approx(1000 / updates_per_s,
+                                                                     rel=0.01)
+        frames = cells["frames/s"]  # "12.34k" from 10,000 on
+        frames_per_s = float(frames[:-1]) * 1e3 if frames.endswith("k") else float(frames)
+        assert frames_per_s == pytest.approx(updates_per_s * frames_per_update, rel=0.01)
+    assert float(rows["minimal"]["logging ms"]) == float(rows["minimal"]["callbacks ms"]) == 0.0
+    ratio = float(rows["recrl"]["updates/s"]) / float(rows["minimal"]["updates/s"])
+    assert float(rows["recrl"]["recrl/minimal"]) == pytest.approx(ratio, abs=0.01)
