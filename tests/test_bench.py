@@ -1,7 +1,8 @@
 """The benchmark scripts of bench/: the reference rankers (hand-computed transitions, EASE
 against its definition, the table on a small log, the target it ranks), the simulator table,
 pretrained_policy's head policy and the training benchmark's table (its columns add up).
-fixed_popular, pretrained_policy and ranking_by_target on a real checkpoint: tests/test_pretrain.py."""
+fixed_popular, pretrained_policy and ranking_by_target on a real checkpoint are run by the
+README recipe test in tests/test_pretrain.py."""
 
 from __future__ import annotations
 
