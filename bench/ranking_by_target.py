@@ -10,7 +10,8 @@ and do the users pretraining trained on score otherwise than held-out users it n
         [--override env=ml100k encoder=bert_tiny]
 
 The overrides must rebuild the pretraining run's env, encoder and heads (the defaults:
-``env=ml100k``; a run without the rating head wants ``algo.rating_weight=0``).
+``env=ml100k``; a run without the rating head wants ``algo.rating_weight=0``). Each checkpoint's
+objective (cloze or causal, with the encoder attention it needs) is read from the checkpoint.
 A checkpoint of ``algo.train_on_validation_item=true`` trained on the trained users' validation
 items: those cells say "(trained on)" instead of a number.
 """
@@ -36,11 +37,23 @@ def main() -> None:
     parser.add_argument("--override", nargs="*", default=["env=ml100k"],
                         help="Hydra overrides that rebuild the pretraining run's env and encoder")
     args = parser.parse_args()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["algo=pretrain", *args.override])
-    module, _ = build_module(cfg)  # one module; each checkpoint's weights are loaded into it
-    module.eval()
-    sequences = module.sequences
+    modules = {}  # one module per objective; each checkpoint's weights are loaded into its own
+
+    def module_for(objective: str):
+        if objective not in modules:
+            overrides = ["algo=pretrain", f"algo.objective={objective}",
+                         f"encoder.causal={str(objective == 'causal').lower()}", *args.override]
+            with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+                modules[objective] = build_module(compose("config", overrides=overrides))[0]
+            modules[objective].eval()
+        return modules[objective]
+
+    saved = {checkpoint: torch.load(checkpoint, map_location="cpu", weights_only=False)
+             for checkpoint in args.checkpoints}
+    objective = {checkpoint: state.get("hyper_parameters", {}).get("objective", "cloze")
+                 for checkpoint, state in saved.items()}
+    first = module_for(objective[args.checkpoints[0]])  # the log and the window: the same for all
+    sequences, history_length = first.sequences, first.encoder.history_length
     heldout = sequences.heldout_users
     groups = {
         f"all {sequences.num_users}": torch.arange(sequences.num_users),
@@ -50,8 +63,8 @@ def main() -> None:
 
     def hit_rate(score_fn, target: str, users: torch.Tensor) -> float:
         with torch.no_grad():
-            return evaluate_ranking(score_fn, sequences,
-                                    history_length=module.encoder.history_length, target=target,
+            return evaluate_ranking(score_fn, sequences, history_length=history_length,
+                                    target=target,
                                     users=users, ks=(10,), protocols=("full",))["full"]["HR@10"]
 
     popular = most_popular_scorer(sequences)  # the same for every checkpoint: ranked once
@@ -62,10 +75,11 @@ def main() -> None:
     print("| checkpoint | users | " + " | ".join(f"{t} item" for t in TARGETS) + " |")
     print("|---|---|" + "---:|" * len(TARGETS))
     for checkpoint in args.checkpoints:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        module.load_state_dict(saved["state_dict"])
+        module = module_for(objective[checkpoint])
+        module.load_state_dict(saved[checkpoint]["state_dict"])
         # algo.train_on_validation_item: the trained users' validation items were training data.
-        trained_on_valid = saved.get("hyper_parameters", {}).get("train_on_validation_item", False)
+        trained_on_valid = saved[checkpoint].get("hyper_parameters", {}).get(
+            "train_on_validation_item", False)
         for group, users in groups.items():
             cells = []
             for target in TARGETS:

@@ -1,16 +1,25 @@
 """Self-supervised pretraining of the history encoder on logged sequences (``algo=pretrain``).
 
-BERT4Rec's cloze task (Sun et al. 2019), on windows of the length the RL agent will see:
+Two objectives (``algo.objective``), on windows of the length the RL agent will see. ``cloze``
+(the default) is BERT4Rec's task (Sun et al. 2019):
 
     draw a window of L consecutive logged items of a training user, and the item that follows it
     replace each item of the window by a learnt [MASK] token with probability mask_prob
-    loss = CE(next item | state token)  +  cloze_weight * CE(masked items | their positions)
-           + rating_weight * (rating head(state token, next item) - its logged rating)^2
+    loss = CE(next item | state)  +  cloze_weight * CE(masked items | their positions)
+           + rating_weight * (rating head(state, next item) - its logged rating)^2
 
-Both predictions score the whole catalogue through `ItemScorer` heads tied to the encoder's
-item table. The next-item head reads the state token, exactly as the RL policies do, so an RL
-run started from this checkpoint (``encoder.init_from=...``) begins with a policy that already
-recommends plausible next items. The rating head (logs with ratings only) is the reward's own
+``causal`` is SASRec's (Kang & McAuley 2018) with a full-softmax cross-entropy, which Klenitskiy
+& Vasilev (RecSys 2023) found better than BERT4Rec's cloze and faster to train. It needs the
+encoder's causal attention (``encoder.causal=true``); nothing is masked, and every position of
+the window predicts the item after it (the last one, the user's state, the item after the
+window): L targets per window instead of one and a few masked ones.
+
+    loss = mean over window positions i of CE(item i+1 | items <= i)  +  rating_weight * (...)^2
+
+Every prediction scores the whole catalogue through `ItemScorer` heads tied to the encoder's
+item table. The next-item head reads the user's state (`HistoryEncoder.state_position`), exactly
+as the RL policies do, so an RL run started from this checkpoint (``encoder.init_from=...``)
+begins with a policy that already recommends plausible next items. The rating head (logs with ratings only) is the reward's own
 signal in the log: how much the user liked the item that came next, predicted from the window.
 It has the scorer's form too, so ``encoder.init_scorer=rating`` starts the policy from a
 myopic estimate of the simulator's reward (its taste model is fitted on the same ratings)
@@ -94,15 +103,23 @@ class TrainingWindows:
         }
 
 
-class ClozePretrainModule(L.LightningModule):
-    """BERT4Rec-style pretraining of a `HistoryEncoder` (module docstring).
+#: ``algo.objective``: what the encoder is pretrained to predict (module docstring).
+OBJECTIVES = ("cloze", "causal")
+
+
+class SequencePretrainModule(L.LightningModule):
+    """Self-supervised pretraining of a `HistoryEncoder`, BERT4Rec's or SASRec's way (module
+    docstring).
 
     Args:
         encoder: the encoder to pretrain (``encoder.init_from`` loads it into an RL run).
         env_factory: a logged-data environment factory; its sequences and user split are used.
+        objective: ``"cloze"`` (masked items and the next item, bidirectional attention) or
+            ``"causal"`` (every position predicts the item after it; the encoder must have
+            ``causal=True``).
         mask_prob: probability that a window item is replaced by [MASK] (BERT4Rec: 0.2 on
-            MovieLens, larger for sparse logs).
-        cloze_weight: weight of the masked-item loss next to the next-item loss.
+            MovieLens, larger for sparse logs). Cloze only.
+        cloze_weight: weight of the masked-item loss next to the next-item loss. Cloze only.
         rating_weight: weight of the rating head's squared error (the logged rating of the next
             item). Logs without ratings get no rating head, whatever the weight.
         batch_size: windows per optimiser step.
@@ -121,6 +138,7 @@ class ClozePretrainModule(L.LightningModule):
         encoder: HistoryEncoder,
         env_factory: EnvFactory,
         *,
+        objective: str = "cloze",
         mask_prob: float = 0.2,
         cloze_weight: float = 1.0,
         rating_weight: float = 1.0,
@@ -132,6 +150,19 @@ class ClozePretrainModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"algo.objective={objective!r}: choose {' | '.join(OBJECTIVES)}")
+        if objective == "causal" and not encoder.causal:
+            raise ValueError(
+                "algo.objective=causal trains every position to predict the item after it, which "
+                "needs causal attention (bidirectional, each position would see its target): add "
+                "encoder.causal=true"
+            )
+        if objective == "cloze" and encoder.causal:
+            raise ValueError(
+                "algo.objective=cloze predicts masked items from both sides, which causal "
+                "attention cannot read: use algo.objective=causal with encoder.causal=true"
+            )
         if not 0.0 <= mask_prob < 1.0:
             raise ValueError(f"algo.mask_prob must be in [0, 1), got {mask_prob}")
         if cloze_weight < 0:
@@ -157,15 +188,20 @@ class ClozePretrainModule(L.LightningModule):
         self.train_on_validation_item = train_on_validation_item
         self.windows = TrainingWindows(sequences, encoder.history_length,
                                        train_on_validation_item)
+        self.objective = objective
         self.next_item_head = ItemScorer(encoder)
-        self.cloze_head = ItemScorer(encoder)
+        # Cloze only: a causal run creates neither (DDP refuses parameters that get no gradient).
+        self.cloze_head: ItemScorer | None = None
+        self.mask_token: nn.Parameter | None = None
+        if objective == "cloze":
+            self.cloze_head = ItemScorer(encoder)
+            self.mask_token = nn.Parameter(torch.randn(encoder.hidden_size) * 0.02)
         self.rating_head: ItemScorer | None = None
         if rating_weight > 0 and sequences.ratings is not None:
             self.rating_head = ItemScorer(encoder)
         elif rating_weight > 0:
             log.warning("this log has no ratings: no rating head is trained "
                         "(algo.rating_weight=%s has no effect)", rating_weight)
-        self.mask_token = nn.Parameter(torch.randn(encoder.hidden_size) * 0.02)
         self.mask_prob = mask_prob
         self.cloze_weight = cloze_weight
         self.rating_weight = rating_weight
@@ -182,30 +218,44 @@ class ClozePretrainModule(L.LightningModule):
 
     # -- training -----------------------------------------------------------------------------
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Next-item and cloze cross-entropies (and the rating head's squared error) of one
-        batch of windows."""
+        """The objective's cross-entropies (and the rating head's squared error) of one batch
+        of windows."""
         history = batch["history"]
         tokens = self.encoder.embed_tokens(
             history, batch["history_response"], batch["history_watch_time"]
         )  # [B, L, H]
-        masked = (torch.rand(history.shape, device=history.device) < self.mask_prob) & (
-            history != PADDING
-        )  # [B, L]
-        tokens = torch.where(masked[..., None], self.mask_token, tokens)
-        hidden = self.encoder.contextualise(tokens, history)  # [B, L+1, H]
-        next_loss = F.cross_entropy(self.next_item_head(hidden[:, 0]), batch["next_item"])
-        losses = {"next_item": next_loss}
-        if masked.any():
-            cloze_logits = self.cloze_head(hidden[:, 1:][masked])  # [M, N+1]: masked only
-            losses["cloze"] = F.cross_entropy(cloze_logits, history[masked])
+        if self.objective == "causal":
+            hidden = self.encoder.contextualise(tokens, history)  # [B, L+1, H]
+            losses = {"next_item": self._causal_loss(hidden, history, batch["next_item"])}
+            losses["loss"] = losses["next_item"]
         else:
-            losses["cloze"] = next_loss.new_zeros(())
-        losses["loss"] = next_loss + self.cloze_weight * losses["cloze"]
+            masked = (torch.rand(history.shape, device=history.device) < self.mask_prob) & (
+                history != PADDING
+            )  # [B, L]
+            tokens = torch.where(masked[..., None], self.mask_token, tokens)
+            hidden = self.encoder.contextualise(tokens, history)  # [B, L+1, H]
+            next_loss = F.cross_entropy(self.next_item_head(hidden[:, 0]), batch["next_item"])
+            losses = {"next_item": next_loss}
+            if masked.any():
+                cloze_logits = self.cloze_head(hidden[:, 1:][masked])  # [M, N+1]: masked only
+                losses["cloze"] = F.cross_entropy(cloze_logits, history[masked])
+            else:
+                losses["cloze"] = next_loss.new_zeros(())
+            losses["loss"] = next_loss + self.cloze_weight * losses["cloze"]
         if self.rating_head is not None:
-            predicted = self.rating_head.score_items(hidden[:, 0], batch["next_item"])  # [B]
+            state = hidden[:, self.encoder.state_position]  # [B, H]
+            predicted = self.rating_head.score_items(state, batch["next_item"])  # [B]
             losses["rating"] = F.mse_loss(predicted, batch["next_rating"])
             losses["loss"] = losses["loss"] + self.rating_weight * losses["rating"]
         return losses
+
+    def _causal_loss(self, hidden: Tensor, history: Tensor, next_item: Tensor) -> Tensor:
+        """Mean CE of every window item's output ``[B, L+1, H]`` (the state token's, first,
+        excluded) against the item after it: the next window item, and for the last one the
+        item after the window. Padding positions predict nothing."""
+        targets = torch.cat([history[:, 1:], next_item[:, None]], dim=1)  # [B, L]
+        real = history != PADDING  # left padding: a real item is followed by a real target
+        return F.cross_entropy(self.next_item_head(hidden[:, 1:][real]), targets[real])
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         losses = self.losses(batch)

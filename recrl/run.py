@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_modules.pretrain import ClozePretrainModule
+from lightning_modules.pretrain import SequencePretrainModule
 from recrl.baselines import MostPopularRecommender, MyopicOracle, RandomRecommender
 from recrl.callbacks import PeriodicEvaluation, RankingValidation, StepProgressBar
 from recrl.checkpointing import (
@@ -178,7 +178,7 @@ def check_config(cfg: DictConfig) -> None:
 class Built(NamedTuple):
     """What a run is made of."""
 
-    module: Any  # a RecommenderModule (RL) or a ClozePretrainModule
+    module: Any  # a RecommenderModule (RL) or a SequencePretrainModule
     trainer: L.Trainer
     evaluation: PeriodicEvaluation | RankingValidation
     sequences: Sequences | None  # the log behind a logged-data env, else None
@@ -186,7 +186,7 @@ class Built(NamedTuple):
 
 def is_pretraining(module: Any) -> bool:
     """Self-supervised pretraining has no policy to run in the simulator, only rankings."""
-    return isinstance(module, ClozePretrainModule)
+    return isinstance(module, SequencePretrainModule)
 
 
 def build_module(cfg: DictConfig) -> tuple[Any, Any]:
@@ -252,8 +252,18 @@ def build(cfg: DictConfig, output_dir: Path) -> Built:
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
                               plugins=[AtomicCheckpointIO()])
     except (ValueError, TypeError, FileNotFoundError, InstantiationException) as err:
-        raise ConfigurationError(str(err).strip()) from err
+        raise ConfigurationError(configuration_message(err)) from err
     return Built(module, trainer, evaluation, sequences)
+
+
+def configuration_message(err: Exception) -> str:
+    """One line for a rejected value. Hydra wraps an error raised inside a constructor it
+    instantiates as ``Error in call to target '...':\nValueError('...')``; the constructor's
+    own message names the setting and the fix, so that is the line."""
+    if isinstance(err, InstantiationException) and isinstance(
+            err.__cause__, (ValueError, TypeError, FileNotFoundError)):
+        err = err.__cause__
+    return " ".join(str(err).split())
 
 
 def select_weights(module: Any, evaluation: PeriodicEvaluation, select: str) -> dict[str, Any]:

@@ -21,11 +21,11 @@ def make_inputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, 
     return history, response, watch_time
 
 
-@pytest.fixture
-def encoder() -> HistoryEncoder:
+@pytest.fixture(params=[False, True], ids=["bidirectional", "causal"])
+def encoder(request: pytest.FixtureRequest) -> HistoryEncoder:
     torch.manual_seed(0)
     return HistoryEncoder(N_ITEMS, L, hidden_size=32, num_layers=1, num_heads=2,
-                          intermediate_size=64).eval()
+                          intermediate_size=64, causal=request.param).eval()
 
 
 def test_shapes_over_any_leading_dims(encoder: HistoryEncoder) -> None:
@@ -55,6 +55,39 @@ def test_padding_is_ignored(encoder: HistoryEncoder) -> None:
     junk_watch = watch_time.clone()
     junk_watch[:, :3] = 3.0
     torch.testing.assert_close(encoder(history, junk_response, junk_watch), reference)
+
+
+def test_causal_positions_read_only_themselves_and_the_past() -> None:
+    """SASRec's attention: changing the item at position j changes the outputs at j and after,
+    never before; the state (the most recent position) reads the whole window, the first item
+    included. Bidirectional attention changes every output."""
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    causal = HistoryEncoder(N_ITEMS, L, **shape, causal=True).eval()
+    bidirectional = HistoryEncoder(N_ITEMS, L, **shape).eval()
+    history, response, watch_time = make_inputs(3)
+    history[0, :2] = 0  # a left-padded row too
+    response[0, :2] = 0
+    watch_time[0, :2] = 0
+    j = 3
+    changed = history.clone()
+    changed[:, j] = history[:, j] % N_ITEMS + 1  # another item at window position j
+
+    def outputs(model: HistoryEncoder, items: torch.Tensor) -> torch.Tensor:
+        return model.contextualise(model.embed_tokens(items, response, watch_time), items)
+
+    before, after = outputs(causal, history), outputs(causal, changed)  # [3, L+1, H]
+    assert torch.isfinite(before).all()
+    torch.testing.assert_close(after[:, : j + 1], before[:, : j + 1])  # state token + items < j
+    assert not torch.allclose(after[:, j + 1], before[:, j + 1])  # the changed position itself
+    assert causal.state_position == -1 and bidirectional.state_position == 0
+    torch.testing.assert_close(causal(history, response, watch_time), before[:, -1])
+    first = history.clone()
+    first[1:, 0] = history[1:, 0] % N_ITEMS + 1  # the oldest item of the unpadded rows
+    assert not torch.allclose(causal(first, response, watch_time)[1:],
+                              causal(history, response, watch_time)[1:])
+    assert not torch.allclose(outputs(bidirectional, changed)[:, 0],
+                              outputs(bidirectional, history)[:, 0])
 
 
 def test_empty_history_gives_a_finite_state(encoder: HistoryEncoder) -> None:
@@ -114,14 +147,16 @@ def test_item_features_make_items_of_one_topic_alike() -> None:
         HistoryEncoder(N_ITEMS, L, item_features=torch.zeros(N_ITEMS, 4))
 
 
-def test_loads_local_pretrained_bert(tmp_path: Path) -> None:
+@pytest.mark.parametrize("causal", [False, True])
+def test_loads_local_pretrained_bert(tmp_path: Path, causal: bool) -> None:
     torch.manual_seed(1)
     config = BertConfig(vocab_size=30, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=96, max_position_embeddings=64)
     BertModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
     saved = BertModel.from_pretrained(tmp_path, add_pooling_layer=False)
-    encoder = HistoryEncoder(N_ITEMS, L, pretrained_path=str(tmp_path))
+    encoder = HistoryEncoder(N_ITEMS, L, pretrained_path=str(tmp_path), causal=causal)
     assert encoder.hidden_size == 48
+    assert encoder.bert.config.is_decoder is causal  # the saved config is bidirectional
     torch.testing.assert_close(
         encoder.bert.encoder.layer[1].output.dense.weight, saved.encoder.layer[1].output.dense.weight
     )

@@ -1,4 +1,5 @@
-"""BERT4Rec-style pretraining: its windows, its losses, that it learns, and starting RL from it."""
+"""Pretraining (BERT4Rec's cloze, SASRec's causal objective): its windows, its losses, that it
+learns, and starting RL from it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from lightning_modules.dqn import DQNModule
-from lightning_modules.pretrain import ClozePretrainModule, TrainingWindows
+from lightning_modules.pretrain import SequencePretrainModule, TrainingWindows
 from recrl.callbacks import RankingValidation
 from recrl.data import Sequences
 from recrl.encoders import HistoryEncoder, ItemScorer
@@ -45,10 +46,12 @@ class FakeLoggedEnv:
         self.sequences = sequences
 
 
-def make_module(sequences: Sequences, history_length: int = 3, **kwargs) -> ClozePretrainModule:
+def make_module(sequences: Sequences, history_length: int = 3, **kwargs) -> SequencePretrainModule:
+    """A small module; ``objective="causal"`` gets the causal encoder it needs."""
     encoder = HistoryEncoder(sequences.num_items, history_length, hidden_size=32, num_layers=1,
-                             num_heads=2, intermediate_size=64)
-    return ClozePretrainModule(encoder, lambda **_: FakeLoggedEnv(sequences), **kwargs)
+                             num_heads=2, intermediate_size=64,
+                             causal=kwargs.get("objective") == "causal")
+    return SequencePretrainModule(encoder, lambda **_: FakeLoggedEnv(sequences), **kwargs)
 
 
 def test_windows_are_the_items_before_each_target_of_training_users_only() -> None:
@@ -112,7 +115,50 @@ def test_masked_positions_are_items_never_padding() -> None:
     assert abs(losses["cloze"].item() - torch.log(torch.tensor(13.0)).item()) < 0.5
 
 
-def test_pretraining_learns_the_next_item_and_its_rating() -> None:
+def test_causal_loss_is_every_window_item_predicting_the_item_after_it() -> None:
+    """The windows [0 0 1] -> 2 and [1 2 3] -> 4 of user 0: the causal loss is the mean CE of the
+    next-item head over the real positions' outputs against the listed successors, padding
+    predicting nothing, the last position predicting the item after the window; the rating head
+    reads the last position (the user's state)."""
+    module = make_module(toy_sequences(), objective="causal", rating_weight=0.5)
+    batch = module.windows.batch(torch.tensor([0, 2]))
+    assert batch["history"].tolist() == [[0, 0, 1], [1, 2, 3]]
+    losses = module.losses(batch)
+    assert set(losses) == {"next_item", "rating", "loss"}  # no cloze term
+    hidden = module.encoder.contextualise(
+        module.encoder.embed_tokens(batch["history"], batch["history_response"],
+                                    batch["history_watch_time"]),
+        batch["history"])  # [2, 4, H], the state token's output first
+    # (window, output position) -> the item it must predict
+    pairs = {(0, 3): 2, (1, 1): 2, (1, 2): 3, (1, 3): 4}
+    logits = module.next_item_head(torch.stack([hidden[w, p] for w, p in pairs]))
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor(list(pairs.values())))
+    torch.testing.assert_close(losses["next_item"], expected)
+    rating = module.rating_head.score_items(hidden[:, 3], batch["next_item"])
+    torch.testing.assert_close(losses["rating"],
+                               torch.nn.functional.mse_loss(rating, batch["next_rating"]))
+    torch.testing.assert_close(losses["loss"], expected + 0.5 * losses["rating"])
+
+
+def test_the_objective_and_the_encoder_attention_must_agree() -> None:
+    causal_encoder = HistoryEncoder(12, 3, hidden_size=32, num_layers=1, num_heads=2,
+                                    intermediate_size=64, causal=True)
+    env = lambda **_: FakeLoggedEnv(toy_sequences())  # noqa: E731
+    with pytest.raises(ValueError, match="algo.objective=causal .* add encoder.causal=true"):
+        SequencePretrainModule(HistoryEncoder(12, 3), env, objective="causal")
+    with pytest.raises(ValueError, match="algo.objective=cloze .* use algo.objective=causal"):
+        SequencePretrainModule(causal_encoder, env)
+    with pytest.raises(ValueError, match=r"algo.objective='sasrec': choose cloze \| causal"):
+        SequencePretrainModule(causal_encoder, env, objective="sasrec")
+    # No parameter that would get no gradient (DDP refuses them): no [MASK], no cloze head.
+    module = SequencePretrainModule(causal_encoder, env, objective="causal")
+    assert module.mask_token is None and module.cloze_head is None
+    assert not any(name.startswith(("mask_token", "cloze_head"))
+                   for name, _ in module.named_parameters())
+
+
+@pytest.mark.parametrize("objective", ["cloze", "causal"])
+def test_pretraining_learns_the_next_item_and_its_rating(objective: str) -> None:
     """A log where each item is always followed by the next one, rated item / 10: after
     training, the next-item head ranks the true successor first for most windows (at
     initialisation: ~1/12) and the rating head predicts the successor's rating to within a
@@ -122,7 +168,8 @@ def test_pretraining_learns_the_next_item_and_its_rating() -> None:
     torch.manual_seed(0)
     L.seed_everything(0, verbose=False)
     sequences = toy_sequences(heldout=(False, False, False))
-    module = make_module(sequences, mask_prob=0.2, batch_size=8, lr=1e-2, warmup_steps=1)
+    module = make_module(sequences, objective=objective, mask_prob=0.2, batch_size=8, lr=1e-2,
+                         warmup_steps=1)
     trainer = L.Trainer(max_steps=200, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module)
@@ -246,6 +293,29 @@ def test_init_scorer_null_loads_the_encoder_only(tmp_path: Path, init_scorer) ->
     assert ItemScorer(encoder).item_bias.abs().sum() == 0  # a fresh scorer
 
 
+@pytest.mark.parametrize("objective", ["cloze", "causal"])
+def test_a_checkpoint_is_read_with_the_attention_it_was_pretrained_with(
+        tmp_path: Path, objective: str) -> None:
+    """The weights of either attention fit the other, so the checkpoint's objective (in its
+    Lightning hyper-parameters) decides: a mismatch is refused, naming the setting to change."""
+    module = make_module(toy_sequences(), objective=objective)
+    path = tmp_path / "pretrained.ckpt"
+    torch.save({"state_dict": module.state_dict(),
+                "hyper_parameters": {"objective": objective}}, path)
+    shape = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    causal = objective == "causal"
+    with pytest.raises(ValueError, match=f"algo.objective={objective}.* set "
+                                         f"encoder.causal={str(causal).lower()}"):
+        HistoryEncoder(12, 3, **shape, init_from=str(path), causal=not causal)
+    encoder = HistoryEncoder(12, 3, **shape, init_from=str(path), causal=causal).eval()
+    history = torch.tensor([[0, 1, 2]])
+    response = torch.full_like(history, CLICKED)
+    watch = torch.ones(1, 3)
+    module.eval()
+    torch.testing.assert_close(ItemScorer(encoder)(encoder(history, response, watch)),
+                               module.rating_head(module.encoder(history, response, watch)))
+
+
 def test_a_checkpoint_for_another_catalogue_is_refused(tmp_path: Path) -> None:
     module = make_module(toy_sequences())
     path = tmp_path / "pretrained.ckpt"
@@ -260,7 +330,7 @@ def test_a_checkpoint_for_another_catalogue_is_refused(tmp_path: Path) -> None:
 def test_pretraining_needs_logged_sequences() -> None:
     encoder = HistoryEncoder(12, 3)
     with pytest.raises(ValueError, match="learns from logged sequences"):
-        ClozePretrainModule(encoder, lambda **_: object())
+        SequencePretrainModule(encoder, lambda **_: object())
     with pytest.raises(ValueError, match="mask_prob"):
         make_module(toy_sequences(), mask_prob=1.0)
     with pytest.raises(ValueError, match="rating_weight"):
@@ -346,3 +416,35 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, 
                                       *rl_overrides, "evaluation.seed=7"])
     with pytest.raises(SystemExit, match="other test users .*seed"):
         load_bench("fixed_popular").main()
+
+
+@needs_ml100k
+def test_causal_pretraining_through_the_entry_point_and_rl_from_it(tmp_path: Path, monkeypatch,
+                                                                   capsys) -> None:
+    """The README's SASRec-style command: it ranks and writes a checkpoint that records its
+    objective (bench/ranking_by_target.py reads it and ranks as the run did); an RL run from it
+    without encoder.causal=true ends with the one-line fix."""
+    data = [f"env.path={ML100K}", f"env.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
+            "evaluation.ranking.chunk_size=1024"]
+    pretrain_dir = tmp_path / "pretrain"
+    assert run_recrl_in_process(pretrain_dir, "env=ml100k", "algo=pretrain", "debug=smoke",
+                                "algo.objective=causal", "encoder.causal=true", *data) is None
+    results = json.loads((pretrain_dir / "results.json").read_text())
+    assert results["optimizer_steps"] == 20
+    assert results["offline_ranking"]["agent"]["full"]["HR@10"] > 0
+    checkpoint = Path(results["checkpoint"])
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"]["objective"] == "causal"
+    assert not any(key.startswith(("mask_token", "cloze_head")) for key in saved["state_dict"])
+    monkeypatch.setattr(sys, "argv", ["ranking_by_target.py", str(checkpoint), "--override",
+                                      "env=ml100k", "debug=smoke", *data])
+    load_bench("ranking_by_target").main()
+    row = next(line.split("|") for line in capsys.readouterr().out.splitlines()
+               if line.startswith(f"| {checkpoint} | all"))
+    agent_hr = float(row[4].split()[0])  # "<model> / <popular> (<ratio>x)" on the test item
+    assert agent_hr == round(results["offline_ranking"]["agent"]["full"]["HR@10"], 3)
+
+    error = run_recrl_in_process(tmp_path / "ppo", "env=ml100k", "algo=ppo", "debug=smoke",
+                                 *data, f"encoder.init_from={checkpoint}")
+    assert error is not None and "set encoder.causal=true" in error
+    assert "\n" not in error.strip()

@@ -5,6 +5,11 @@ The history is a sequence of (recommended item, user response) pairs. Each posit
 front (like BERT's ``[CLS]``) and its output is the user's state. The state token is always
 attended to, so a user with an empty history (just reset) still gets a well-defined state instead
 of an all-masked attention row.
+
+With ``causal=True`` each position attends only to itself and the positions before it (SASRec's
+attention, Kang & McAuley 2018), so every position's output can be trained to predict the item
+after it. The state token then works as a start token every row can see, and the user's state is
+the output at the most recent position, the only one that reads the whole window.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ class HistoryEncoder(nn.Module):
             the checkpoint has one, else the next-item head: logs without ratings train no
             rating head), or None (the encoder only; the scorer starts from scratch; False means
             the same, True ``"next_item"``). ``pretrained_scorer_head`` says which was loaded.
+        causal: causal attention (module docstring): what ``algo=pretrain
+            algo.objective=causal`` trains, and what an RL run started from such a checkpoint
+            must use too (a mismatch with ``init_from`` is refused).
     """
 
     def __init__(
@@ -69,6 +77,7 @@ class HistoryEncoder(nn.Module):
         item_ids: bool = True,
         init_from: str | None = None,
         init_scorer: str | bool | None = "auto",
+        causal: bool = False,
     ) -> None:
         super().__init__()
         if not item_ids and item_features is None:
@@ -89,9 +98,10 @@ class HistoryEncoder(nn.Module):
                 f"encoder.init_scorer={init_scorer!r}: choose {' | '.join(PRETRAINED_HEADS)} | "
                 f"{AUTO_HEAD} or null (the encoder only)"
             )
+        self.causal = causal
         self.bert = self._build_bert(
             history_length, hidden_size, num_layers, num_heads, intermediate_size, dropout,
-            pretrained_path,
+            pretrained_path, causal,
         )
         hidden_size = self.bert.config.hidden_size
         self.hidden_size = hidden_size
@@ -126,7 +136,7 @@ class HistoryEncoder(nn.Module):
         self.pretrained_scorer_head: str | None = None
         if init_from is not None:
             encoder_state, self.pretrained_scorer, self.pretrained_scorer_head = load_pretrained(
-                init_from, init_scorer)
+                init_from, init_scorer, causal)
             if init_scorer == AUTO_HEAD:
                 log.info("encoder.init_scorer=auto: the policy's scorer starts from the %s head "
                          "of %s", self.pretrained_scorer_head, init_from)
@@ -148,7 +158,10 @@ class HistoryEncoder(nn.Module):
         intermediate_size: int,
         dropout: float,
         pretrained_path: str | None,
+        causal: bool,
     ) -> BertModel:
+        # is_decoder is BertModel's switch to causal self-attention (no cross-attention is
+        # added without add_cross_attention); nothing is generated, so no key/value cache.
         if pretrained_path is not None:
             path = Path(pretrained_path).expanduser()
             if not (path / "config.json").is_file():
@@ -158,7 +171,7 @@ class HistoryEncoder(nn.Module):
                 )
             bert = BertModel.from_pretrained(
                 str(path), local_files_only=True, attn_implementation="sdpa",
-                add_pooling_layer=False,
+                add_pooling_layer=False, is_decoder=causal, use_cache=False,
             )
             if bert.config.max_position_embeddings < history_length + 1:
                 raise ValueError(
@@ -181,6 +194,8 @@ class HistoryEncoder(nn.Module):
             attention_probs_dropout_prob=dropout,
             max_position_embeddings=history_length + 1,  # + the state token
             attn_implementation="sdpa",
+            is_decoder=causal,
+            use_cache=False,
         )
         return BertModel(config, add_pooling_layer=False)
 
@@ -206,11 +221,18 @@ class HistoryEncoder(nn.Module):
             + self.watch_time_projection(watch_time)
         )
 
+    @property
+    def state_position(self) -> int:
+        """Which output of `contextualise` is the user's state: the state token's (0), or with
+        causal attention the most recent position's (-1), the only one that reads everything."""
+        return -1 if self.causal else 0
+
     def contextualise(self, tokens: Tensor, history: Tensor) -> Tensor:
         """Tokens ``[B, L, H]`` -> BERT outputs ``[B, L+1, H]``, the state token's first.
 
         Padding positions (``history == 0``) are not attended to. Split from `forward` so that
-        pretraining can replace some tokens (masked items) before the transformer reads them.
+        pretraining can replace some tokens (masked items) before the transformer reads them,
+        and read every position's output (the causal objective).
         """
         state_token = self.state_token.expand(tokens.shape[0], 1, -1)  # [B, 1, H]
         inputs = torch.cat([state_token, tokens], dim=1)  # [B, L+1, H]
@@ -228,7 +250,7 @@ class HistoryEncoder(nn.Module):
             history, response.reshape(-1, length), watch_time.reshape(-1, length)
         )
         hidden = self.contextualise(tokens, history)
-        return hidden[:, 0].reshape(*batch_shape, self.hidden_size)
+        return hidden[:, self.state_position].reshape(*batch_shape, self.hidden_size)
 
 
 #: The heads of an ``algo=pretrain`` checkpoint a policy's scorer can start from, by the name
@@ -238,14 +260,16 @@ PRETRAINED_HEADS = {"rating": "rating_head.", "next_item": "next_item_head."}
 AUTO_HEAD = "auto"
 
 
-def load_pretrained(path: str, head: str | None = None
+def load_pretrained(path: str, head: str | None = None, causal: bool = False
                     ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, str | None]:
     """The encoder weights of an ``algo=pretrain`` checkpoint, its ``head`` (a key of
     `PRETRAINED_HEADS`; ``"auto"``: the first of them the checkpoint holds; None: no head), and
     that head's name.
 
     Accepts Lightning checkpoints (``checkpoints/last.ckpt``; read with ``weights_only=True``, so
-    loading a checkpoint cannot run code) and plain state dicts.
+    loading a checkpoint cannot run code) and plain state dicts. A Lightning checkpoint records
+    its pretraining objective, and an encoder whose attention (``causal``) does not fit it is
+    refused: the weights would load, and silently read the history the other way.
     """
     file = Path(path).expanduser()
     if not file.is_file():
@@ -254,6 +278,14 @@ def load_pretrained(path: str, head: str | None = None
             "(outputs/<date>/<time>/checkpoints/last.ckpt of python -m recrl.run algo=pretrain)"
         )
     state = torch.load(file, map_location="cpu", weights_only=True)
+    objective = state.get("hyper_parameters", {}).get("objective", "cloze")
+    if "state_dict" in state and (objective == "causal") != causal:
+        fix = "encoder.causal=true" if objective == "causal" else "encoder.causal=false"
+        raise ValueError(
+            f"encoder.init_from={path!r} was pretrained with algo.objective={objective}, whose "
+            f"encoder attention is {'causal' if objective == 'causal' else 'bidirectional'}; "
+            f"set {fix} to read histories as it learnt to"
+        )
     state = state.get("state_dict", state)
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     if not encoder:
