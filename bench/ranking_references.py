@@ -22,30 +22,37 @@ leave-one-out validation item (the one before the test item) instead: is one tar
 the other for every ranker, or only for a trained encoder?
 
 The statistics come from the leave-one-out training parts of all users, as most-popular's
-counts do (no test or validation item is ever counted). Prints a markdown table.
+counts do (no test or validation item is ever counted). The log, its preprocessing and ``L`` are
+the env config's (Hydra overrides, as for ``python -m recrl.run``), so the references rank
+exactly what a run on that env ranks. Prints a markdown table.
 
-    python bench/ranking_references.py [--data ../shared/data/ml-100k] [--format ml-100k]
+    python bench/ranking_references.py [--override env=ml100k]
+    python bench/ranking_references.py --override env=logged env.path=<log> env.format=sequences
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from torch import Tensor
 
-from recrl.data import PreprocessConfig, Sequences, load_sequences
+from recrl.data import Sequences
 from recrl.ranking import ScoreFn, evaluate_ranking, most_popular_scorer, popularity_scores
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default_data = Path(os.environ.get("RECRL_DATA_DIR", "data")) / "ml-100k"
-    parser.add_argument("--data", default=str(default_data), help="dataset folder or file")
-    parser.add_argument("--format", default="ml-100k", help="a recrl.data format")
-    parser.add_argument("--history-length", type=int, default=10, help="L, as env.history_length")
+    parser.add_argument("--override", nargs="*", default=["env=ml100k"],
+                        help="Hydra overrides that choose the logged-data env (log, format, "
+                             "preprocessing, env.history_length)")
+    parser.add_argument("--history-length", type=int, default=None,
+                        help="L (default: the env's history_length)")
     parser.add_argument("--target", choices=("test", "valid"), default="test",
                         help="the leave-one-out item to rank (the statistics never count either)")
     parser.add_argument("--reach", type=int, default=3, help="markov: farthest transition counted")
@@ -53,8 +60,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ease-lambda", type=float, default=500.0, help="ease: L2 penalty")
     parser.add_argument("--ease-max-items", type=int, default=20_000,
                         help="ease: skipped for larger catalogues (an N x N inverse)")
-    parser.add_argument("--cache", default=os.environ.get("RECRL_CACHE_DIR", "data/cache"))
     return parser.parse_args()
+
+
+def env_sequences(overrides: list[str]) -> tuple[Sequences, int, str]:
+    """The sequences, ``L`` and log path of the env the overrides compose (one simulated user:
+    what the env preprocesses is what is ranked; its taste model is fitted once, cached)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    env = instantiate(cfg.env, num_users=1, seed=0)
+    sequences = getattr(env, "sequences", None)
+    if sequences is None:
+        raise SystemExit(f"{type(env).__name__} has no logged sequences to rank; choose a "
+                         "logged-data env (--override env=ml100k, env=beauty or env=logged ...)")
+    return sequences, env.history_length, str(cfg.env.path)
 
 
 def training_interactions(sequences: Sequences) -> tuple[Tensor, Tensor]:
@@ -135,10 +154,8 @@ def ease_scorer(sequences: Sequences, penalty: float) -> ScoreFn:
 
 def main() -> None:
     args = parse_args()
-    # The preprocessing of env=ml100k / env=logged (conf/env/logged.yaml): 5-core, all ratings.
-    sequences = load_sequences(args.data, args.format,
-                               PreprocessConfig(min_user_interactions=5, min_item_interactions=5),
-                               cache_dir=args.cache)
+    sequences, env_history_length, data = env_sequences(args.override)
+    history_length = args.history_length or env_history_length
     scorers = {
         "most_popular": most_popular_scorer(sequences),
         "markov": markov_scorer(sequences, args.reach, args.decay),
@@ -146,12 +163,12 @@ def main() -> None:
     }
     if sequences.num_items <= args.ease_max_items:
         scorers["ease"] = ease_scorer(sequences, args.ease_lambda)
-    results = {name: evaluate_ranking(fn, sequences, history_length=args.history_length,
+    results = {name: evaluate_ranking(fn, sequences, history_length=history_length,
                                       target=args.target, ks=(10,))
                for name, fn in scorers.items()}
     protocols = list(results["most_popular"])
-    print(f"{args.data}: {sequences.num_users} users, {sequences.num_items} items, "
-          f"L = {args.history_length}, {args.target} item; "
+    print(f"{data}: {sequences.num_users} users, {sequences.num_items} items, "
+          f"L = {history_length}, {args.target} item; "
           "HR@10 / NDCG@10 (x most-popular's HR@10)\n")
     print("| ranker | " + " | ".join(protocols) + " |")
     print("|---|" + "---:|" * len(protocols))

@@ -102,11 +102,12 @@ def small_log(tmp_path) -> Path:
     return log_file
 
 
-def run_references(tmp_path, monkeypatch, capsys, *extra: str) -> tuple[str, dict[str, str]]:
-    """The script's output and its table rows by ranker name."""
-    monkeypatch.setattr(sys, "argv", ["ranking_references.py", "--data", str(small_log(tmp_path)),
-                                      "--format", "sequences", "--cache", str(tmp_path / "cache"),
-                                      *extra])
+def run_references(tmp_path, monkeypatch, capsys, *extra: str,
+                   overrides: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
+    """The script's output and its table rows by ranker name, on the small log as env=logged."""
+    env = ["env=logged", f"env.path={small_log(tmp_path)}", "env.format=sequences",
+           f"env.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=5", *overrides]
+    monkeypatch.setattr(sys, "argv", ["ranking_references.py", *extra, "--override", *env])
     references.main()
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines()
@@ -121,6 +122,19 @@ def test_script_prints_every_reference_beside_most_popular(tmp_path, monkeypatch
     assert set(rows) == {"most_popular", "markov", "item_knn", "ease"}
     assert rows["most_popular"].count("(1.00x)") == 3  # full, uniform and popularity samples
     assert "80 users" in out and "L = 10" in out and "test item" in out
+
+
+def test_script_ranks_the_log_as_the_env_config_preprocesses_it(tmp_path, monkeypatch,
+                                                               capsys) -> None:
+    """The log, its k-core filter and L come from the composed env config: keeping users with
+    30 or more interactions ranks fewer users, as many as load_sequences keeps."""
+    out, _ = run_references(tmp_path, monkeypatch, capsys,
+                            overrides=("env.min_user_interactions=30", "env.history_length=4"))
+    kept = load_sequences(small_log(tmp_path), "sequences",
+                          PreprocessConfig(min_user_interactions=30, min_item_interactions=5),
+                          cache_dir=tmp_path / "cache").num_users
+    assert kept < 80
+    assert f"{kept} users" in out and "L = 4" in out
 
 
 @pytest.mark.parametrize("target", ["test", "valid"])
