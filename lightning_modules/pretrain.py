@@ -19,12 +19,13 @@ window): L targets per window instead of one and a few masked ones.
 Every prediction scores the whole catalogue through `ItemScorer` heads tied to the encoder's
 item table. The next-item head reads the user's state (`HistoryEncoder.state_position`), exactly
 as the RL policies do, so an RL run started from this checkpoint (``encoder.init_from=...``)
-begins with a policy that already recommends plausible next items. The rating head (logs with ratings only) is the reward's own
-signal in the log: how much the user liked the item that came next, predicted from the window.
-It has the scorer's form too, so ``encoder.init_scorer=rating`` starts the policy from a
-myopic estimate of the simulator's reward (its taste model is fitted on the same ratings)
-instead of a next-item predictor. BERT4Rec's own test-time trick (a [MASK] appended after the
-history) is the state token here: it is always present and always predicts what comes next.
+begins with a policy that already recommends plausible next items. The rating head (logs with
+ratings only) is the reward's own signal in the log: how much the user liked the item that came
+next, predicted from the window. It has the scorer's form too, so ``encoder.init_scorer=rating``
+starts the policy from a myopic estimate of the simulator's reward (its taste model is fitted on
+the same ratings) instead of a next-item predictor. BERT4Rec's own test-time trick (a [MASK]
+appended after the history) is the state token here (cloze): it is always present and always
+predicts what comes next.
 
 Data: the leave-one-out training part of every *training* user of the simulator's user split
 (the last two items of each user are validation and test targets; held-out simulator users are
@@ -191,17 +192,16 @@ class SequencePretrainModule(L.LightningModule):
         self.objective = objective
         self.next_item_head = ItemScorer(encoder)
         # Cloze only: a causal run creates neither (DDP refuses parameters that get no gradient).
-        self.cloze_head: ItemScorer | None = None
-        self.mask_token: nn.Parameter | None = None
-        if objective == "cloze":
-            self.cloze_head = ItemScorer(encoder)
-            self.mask_token = nn.Parameter(torch.randn(encoder.hidden_size) * 0.02)
+        # (Built in the order of earlier versions, so a seed draws the same initial weights.)
+        self.cloze_head = ItemScorer(encoder) if objective == "cloze" else None
         self.rating_head: ItemScorer | None = None
         if rating_weight > 0 and sequences.ratings is not None:
             self.rating_head = ItemScorer(encoder)
         elif rating_weight > 0:
             log.warning("this log has no ratings: no rating head is trained "
                         "(algo.rating_weight=%s has no effect)", rating_weight)
+        self.mask_token = (nn.Parameter(torch.randn(encoder.hidden_size) * 0.02)
+                           if objective == "cloze" else None)
         self.mask_prob = mask_prob
         self.cloze_weight = cloze_weight
         self.rating_weight = rating_weight
