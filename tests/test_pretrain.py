@@ -423,7 +423,7 @@ def test_causal_pretraining_through_the_entry_point_and_rl_from_it(tmp_path: Pat
                                                                    capsys) -> None:
     """The README's SASRec-style command: it ranks and writes a checkpoint that records its
     objective (bench/ranking_by_target.py reads it and ranks as the run did); an RL run from it
-    without encoder.causal=true ends with the one-line fix."""
+    without encoder.causal=true ends with the one-line fix, and with it runs."""
     data = [f"env.path={ML100K}", f"env.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
             "evaluation.ranking.chunk_size=1024"]
     pretrain_dir = tmp_path / "pretrain"
@@ -448,3 +448,9 @@ def test_causal_pretraining_through_the_entry_point_and_rl_from_it(tmp_path: Pat
                                  *data, f"encoder.init_from={checkpoint}")
     assert error is not None and "set encoder.causal=true" in error
     assert "\n" not in error.strip()
+    # The README's second command: with the setting, PPO starts from the checkpoint and runs.
+    rl_dir = tmp_path / "ppo_causal"
+    assert run_recrl_in_process(rl_dir, "env=ml100k", "algo=ppo", "debug=smoke", *data,
+                                "encoder.causal=true", f"encoder.init_from={checkpoint}") is None
+    results = json.loads((rl_dir / "results.json").read_text())
+    assert "agent" in results and "full" in results["offline_ranking"]["agent"]
