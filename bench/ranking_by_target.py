@@ -64,8 +64,8 @@ def main() -> None:
     def hit_rate(score_fn, target: str, users: torch.Tensor) -> float:
         with torch.no_grad():
             return evaluate_ranking(score_fn, sequences, history_length=history_length,
-                                    target=target,
-                                    users=users, ks=(10,), protocols=("full",))["full"]["HR@10"]
+                                    target=target, users=users, ks=(10,),
+                                    protocols=("full",))["full"]["HR@10"]
 
     popular = most_popular_scorer(sequences)  # the same for every checkpoint: ranked once
     popular_hr = {(group, target): hit_rate(popular, target, users)

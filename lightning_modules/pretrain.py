@@ -225,23 +225,9 @@ class SequencePretrainModule(L.LightningModule):
             history, batch["history_response"], batch["history_watch_time"]
         )  # [B, L, H]
         if self.objective == "causal":
-            hidden = self.encoder.contextualise(tokens, history)  # [B, L+1, H]
-            losses = {"next_item": self._causal_loss(hidden, history, batch["next_item"])}
-            losses["loss"] = losses["next_item"]
+            hidden, losses = self._causal_losses(tokens, history, batch["next_item"])
         else:
-            masked = (torch.rand(history.shape, device=history.device) < self.mask_prob) & (
-                history != PADDING
-            )  # [B, L]
-            tokens = torch.where(masked[..., None], self.mask_token, tokens)
-            hidden = self.encoder.contextualise(tokens, history)  # [B, L+1, H]
-            next_loss = F.cross_entropy(self.next_item_head(hidden[:, 0]), batch["next_item"])
-            losses = {"next_item": next_loss}
-            if masked.any():
-                cloze_logits = self.cloze_head(hidden[:, 1:][masked])  # [M, N+1]: masked only
-                losses["cloze"] = F.cross_entropy(cloze_logits, history[masked])
-            else:
-                losses["cloze"] = next_loss.new_zeros(())
-            losses["loss"] = next_loss + self.cloze_weight * losses["cloze"]
+            hidden, losses = self._cloze_losses(tokens, history, batch["next_item"])
         if self.rating_head is not None:
             state = hidden[:, self.encoder.state_position]  # [B, H]
             predicted = self.rating_head.score_items(state, batch["next_item"])  # [B]
@@ -249,13 +235,36 @@ class SequencePretrainModule(L.LightningModule):
             losses["loss"] = losses["loss"] + self.rating_weight * losses["rating"]
         return losses
 
-    def _causal_loss(self, hidden: Tensor, history: Tensor, next_item: Tensor) -> Tensor:
-        """Mean CE of every window item's output ``[B, L+1, H]`` (the state token's, first,
+    def _cloze_losses(self, tokens: Tensor, history: Tensor, next_item: Tensor
+                      ) -> tuple[Tensor, dict[str, Tensor]]:
+        """BERT4Rec: mask some window items, predict them and (from the state token) the item
+        after the window. Returns the BERT outputs ``[B, L+1, H]`` and the losses."""
+        masked = (torch.rand(history.shape, device=history.device) < self.mask_prob) & (
+            history != PADDING
+        )  # [B, L]
+        tokens = torch.where(masked[..., None], self.mask_token, tokens)
+        hidden = self.encoder.contextualise(tokens, history)  # [B, L+1, H]
+        next_loss = F.cross_entropy(self.next_item_head(hidden[:, 0]), next_item)
+        if masked.any():
+            cloze_logits = self.cloze_head(hidden[:, 1:][masked])  # [M, N+1]: masked only
+            cloze_loss = F.cross_entropy(cloze_logits, history[masked])
+        else:
+            cloze_loss = next_loss.new_zeros(())
+        losses = {"next_item": next_loss, "cloze": cloze_loss,
+                  "loss": next_loss + self.cloze_weight * cloze_loss}
+        return hidden, losses
+
+    def _causal_losses(self, tokens: Tensor, history: Tensor, next_item: Tensor
+                       ) -> tuple[Tensor, dict[str, Tensor]]:
+        """SASRec: the mean CE of every window item's output (the state token's, first,
         excluded) against the item after it: the next window item, and for the last one the
-        item after the window. Padding positions predict nothing."""
+        item after the window. Padding positions predict nothing. Returns the BERT outputs
+        ``[B, L+1, H]`` and the losses."""
+        hidden = self.encoder.contextualise(tokens, history)  # [B, L+1, H]
         targets = torch.cat([history[:, 1:], next_item[:, None]], dim=1)  # [B, L]
         real = history != PADDING  # left padding: a real item is followed by a real target
-        return F.cross_entropy(self.next_item_head(hidden[:, 1:][real]), targets[real])
+        next_loss = F.cross_entropy(self.next_item_head(hidden[:, 1:][real]), targets[real])
+        return hidden, {"next_item": next_loss, "loss": next_loss}
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         losses = self.losses(batch)

@@ -279,12 +279,12 @@ def load_pretrained(path: str, head: str | None = None, causal: bool = False
         )
     state = torch.load(file, map_location="cpu", weights_only=True)
     objective = state.get("hyper_parameters", {}).get("objective", "cloze")
-    if "state_dict" in state and (objective == "causal") != causal:
-        fix = "encoder.causal=true" if objective == "causal" else "encoder.causal=false"
+    pretrained_causal = objective == "causal"
+    if "state_dict" in state and pretrained_causal != causal:
         raise ValueError(
             f"encoder.init_from={path!r} was pretrained with algo.objective={objective}, whose "
-            f"encoder attention is {'causal' if objective == 'causal' else 'bidirectional'}; "
-            f"set {fix} to read histories as it learnt to"
+            f"encoder attention is {'causal' if pretrained_causal else 'bidirectional'}; set "
+            f"encoder.causal={str(pretrained_causal).lower()} to read histories as it learnt to"
         )
     state = state.get("state_dict", state)
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
