@@ -11,6 +11,8 @@ items users like, not what to do about it.
 
     python bench/pretrained_policy.py <pretraining run>/checkpoints/last.ckpt \
         [--scales 1 2 4 8] [--users 500] [--override env=ml100k encoder.init_scorer=next_item ...]
+
+The encoder's attention (``encoder.causal``) follows the checkpoint's objective.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tensordict.nn import TensorDictModuleBase
 
 from lightning_modules.base import HISTORY_KEYS
 from recrl.baselines import RandomRecommender
+from recrl.encoders.bert import pretraining_objective
 from recrl.evaluation import evaluate_policy
 from recrl.run import build_module
 
@@ -62,8 +65,11 @@ def main() -> None:
     parser.add_argument("--override", nargs="*", default=["env=ml100k"],
                         help="Hydra overrides of the RL run (env, encoder.init_scorer, ...)")
     args = parser.parse_args()
+    saved = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    causal = pretraining_objective(saved) == "causal"
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["algo=ppo", f"encoder.init_from={args.checkpoint}",
+                                           f"encoder.causal={str(causal).lower()}",
                                            *args.override])
     module, _ = build_module(cfg)  # PPO's policy scorer starts from the pretrained head
     module.eval()

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from recrl.encoders.bert import pretraining_objective
 from recrl.ranking import evaluate_ranking, most_popular_scorer
 from recrl.run import build_module
 
@@ -48,10 +49,9 @@ def main() -> None:
             modules[objective].eval()
         return modules[objective]
 
-    saved = {checkpoint: torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = {checkpoint: torch.load(checkpoint, map_location="cpu", weights_only=True)
              for checkpoint in args.checkpoints}
-    objective = {checkpoint: state.get("hyper_parameters", {}).get("objective", "cloze")
-                 for checkpoint, state in saved.items()}
+    objective = {checkpoint: pretraining_objective(state) for checkpoint, state in saved.items()}
     first = module_for(objective[args.checkpoints[0]])  # the log and the window: the same for all
     sequences, history_length = first.sequences, first.encoder.history_length
     heldout = sequences.heldout_users

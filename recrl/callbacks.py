@@ -19,11 +19,21 @@ class EveryNSteps(L.Callback):
 
     Runs before ModelCheckpoint at the end of a step (Lightning orders checkpoint callbacks
     last): a checkpoint of step k holds step k's point, and a run resumed from it evaluates next
-    at step k + every_n_steps, as the uninterrupted run does.
+    at step k + every_n_steps, as the uninterrupted run does. The best point and its weights
+    (``evaluation.select=best``) are checkpointed with the curve.
     """
 
     every_n_steps: int
     curve: list[dict[str, float]]
+    #: The selection of ``evaluation.select=best``: the best point so far and its weights.
+    best: dict[str, Any] | None = None
+    #: The curve point's key that the selection maximises.
+    score_key: str
+
+    def _improves_on_best(self, point: dict[str, float]) -> bool:
+        """Strictly higher than the best so far: on a tie the earlier (less trained) weights
+        stay."""
+        return self.best is None or point[self.score_key] > self.best["point"][self.score_key]
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
         raise NotImplementedError
@@ -43,10 +53,16 @@ class EveryNSteps(L.Callback):
             self._evaluate(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"curve": self.curve}
+        return {"curve": self.curve, "best": self.best}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.curve = list(state_dict["curve"])
+        self.best = state_dict.get("best")
+
+
+def cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached CPU copies: kept weights must not follow training on."""
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in tensors.items()}
 
 
 class PeriodicEvaluation(EveryNSteps):
@@ -68,6 +84,8 @@ class PeriodicEvaluation(EveryNSteps):
     keeps the weights equal), the same as a one-process run's, and rank 0 logs.
     """
 
+    score_key = "return_mean"
+
     def __init__(self, every_n_steps: int, num_users: int, seed: int, max_steps: int,
                  keep_best: bool = False) -> None:
         super().__init__()
@@ -83,18 +101,10 @@ class PeriodicEvaluation(EveryNSteps):
         #: best evaluation (the module's ``policy_weights`` and its training clicks so far).
         self.best: dict[str, Any] | None = None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "best": self.best}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.best = state_dict.get("best")
-
     def _remember_if_best(self, point: dict[str, float], pl_module: Any) -> None:
-        if self.best is not None and point["return_mean"] <= self.best["point"]["return_mean"]:
+        if not self._improves_on_best(point):
             return
-        weights = {name: tensor.detach().to("cpu", copy=True)
-                   for name, tensor in pl_module.policy_weights().items()}
+        weights = cpu_copy(pl_module.policy_weights())
         # The clicks `popular` ranks, as far as training had got: the selected weights are then
         # compared with the most-popular list of the same frames. All ranks' clicks together (a
         # collective: every rank gets here with the same point).
@@ -147,10 +157,16 @@ class RankingValidation(EveryNSteps):
     ``val/HR@10`` and ``val/NDCG@10`` straight to the loggers, like `PeriodicEvaluation`.
     ``heldout_only`` samples the log's held-out users only: when pretraining trains on the
     other users' validation items, theirs would not measure anything.
+
+    With ``keep_best`` it also keeps a copy of the weights with the highest validation HR@10 so
+    far (``self.best``; checkpointed): ``evaluation.select=best``, early stopping's choice
+    without stopping, for an objective that overfits a small log (SASRec's on ML-100K).
     """
 
+    score_key = "HR@10"
+
     def __init__(self, sequences: Sequences | None, every_n_steps: int, num_users: int,
-                 seed: int, heldout_only: bool = False) -> None:
+                 seed: int, heldout_only: bool = False, keep_best: bool = False) -> None:
         super().__init__()
         if sequences is None:
             raise ValueError("ranking validation needs the logged sequences of a logged-data env")
@@ -164,7 +180,14 @@ class RankingValidation(EveryNSteps):
         self.users = users.sort().values
         self.sequences = sequences
         self.every_n_steps = every_n_steps
+        self.keep_best = keep_best
         self.curve: list[dict[str, float]] = []
+        #: ``{"point": curve point, "weights": the module's state dict}`` of the best evaluation.
+        self.best: dict[str, Any] | None = None
+
+    def _remember_if_best(self, point: dict[str, float], pl_module: Any) -> None:
+        if self._improves_on_best(point):
+            self.best = {"point": dict(point), "weights": cpu_copy(pl_module.state_dict())}
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
         was_training = pl_module.training
@@ -175,7 +198,10 @@ class RankingValidation(EveryNSteps):
             device=pl_module.device,
         )["full"]
         pl_module.train(was_training)
-        self.curve.append({"step": trainer.global_step, **metrics})
+        point = {"step": trainer.global_step, **metrics}
+        self.curve.append(point)
+        if self.keep_best:
+            self._remember_if_best(point, pl_module)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({f"val/{k}": v for k, v in metrics.items()},

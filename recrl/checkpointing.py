@@ -49,6 +49,7 @@ from torch import Tensor
 RESUME_KEY = "recrl_resume"
 #: File names inside ``<run folder>/checkpoints/``.
 LAST_CHECKPOINT = "last.ckpt"
+BEST_CHECKPOINT = "best.ckpt"  # pretraining's weights of evaluation.select=best
 LAST_GOOD_CHECKPOINT = "last_good.ckpt"
 #: Test-only marker a run paused by ``testing.pause_at_step`` writes into its run folder.
 PAUSED_FILE = "PAUSED"

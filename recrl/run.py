@@ -36,8 +36,8 @@ from lightning_modules.pretrain import SequencePretrainModule
 from recrl.baselines import MostPopularRecommender, MyopicOracle, RandomRecommender
 from recrl.callbacks import PeriodicEvaluation, RankingValidation, StepProgressBar
 from recrl.checkpointing import (
-    LAST_CHECKPOINT, LAST_GOOD_CHECKPOINT, AtomicCheckpointIO, CheckpointError, NonFiniteError,
-    NonFiniteGuard, RunControl, RunInterrupted, check_compatible, merge_csv_metrics,
+    BEST_CHECKPOINT, LAST_CHECKPOINT, LAST_GOOD_CHECKPOINT, AtomicCheckpointIO, CheckpointError,
+    NonFiniteError, NonFiniteGuard, RunControl, RunInterrupted, check_compatible, merge_csv_metrics,
     read_checkpoint, resolve_ckpt_path, set_aside_csv_metrics,
 )
 from recrl.compare import TEST_RETURNS_FILE
@@ -158,7 +158,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.evaluation.select not in ("last", "best"):
         raise ConfigurationError(
             f"evaluation.select={cfg.evaluation.select!r}: choose last (the final weights) or "
-            "best (the weights with the highest validation return)"
+            "best (the weights with the highest validation return; pretraining: HR@10)"
         )
     if cfg.evaluation.val_seed == cfg.evaluation.seed:
         raise ConfigurationError(
@@ -220,6 +220,7 @@ def build(cfg: DictConfig, output_dir: Path) -> Built:
                 num_users=cfg.evaluation.num_users,
                 seed=cfg.evaluation.val_seed,
                 heldout_only=module.train_on_validation_item,
+                keep_best=cfg.evaluation.select == "best",
             )
         else:
             evaluation = PeriodicEvaluation(
@@ -282,6 +283,17 @@ def select_weights(module: Any, evaluation: PeriodicEvaluation, select: str) -> 
         point = evaluation.curve[-1]
     return {"rule": select, "step": int(point["step"]), "frames": int(point["frames"]),
             "val_return": point["return_mean"], "val_return_ci95": point["return_ci95"]}
+
+
+def select_pretrained_weights(module: Any, evaluation: RankingValidation, select: str
+                              ) -> dict[str, float]:
+    """Loads the pretrained weights ``evaluation.select`` asks for into ``module`` and returns
+    their validation point: ``last`` keeps the final weights, ``best`` loads those with the
+    highest HR@10 on the validation items (never the test items the final rankings measure)."""
+    if select == "best" and evaluation.best is not None:
+        module.load_state_dict(evaluation.best["weights"])
+        return evaluation.best["point"]
+    return evaluation.curve[-1]
 
 
 def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
@@ -486,11 +498,20 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     choices = HydraConfig.get().runtime.choices
     test_returns: dict[str, Any] | None = None
     if is_pretraining(module):
+        validation = select_pretrained_weights(module, evaluation, cfg.evaluation.select)
+        checkpoint = output_dir / "checkpoints" / LAST_CHECKPOINT
+        if cfg.evaluation.select == "best":
+            # The selected weights in a file of their own for encoder.init_from; last.ckpt stays
+            # the final state that ckpt_path=last resumes. A collective save, as above.
+            checkpoint = output_dir / "checkpoints" / BEST_CHECKPOINT
+            trainer.save_checkpoint(checkpoint, weights_only=True)
         if not trainer.is_global_zero:
             return {}
         results = {"offline_ranking": offline_ranking(module, sequences, cfg),
-                   "validation": evaluation.curve[-1]}
-        results["checkpoint"] = str(output_dir / "checkpoints" / "last.ckpt")
+                   "selected_weights": {"rule": cfg.evaluation.select,
+                                        "step": int(validation["step"])},
+                   "validation": validation,
+                   "checkpoint": str(checkpoint)}
     else:
         # Every process takes part (rank 0 plays the test users); rank 0 writes the results.
         results, returns = final_evaluation(module, cfg, sequences, evaluation)
@@ -569,7 +590,7 @@ def main(cfg: DictConfig) -> float | None:
     # of an RL run, the validation items' full-ranking HR@10 at the end of pretraining.
     if not results:
         return None
-    if "selected_weights" in results:
+    if "agent" in results:
         return results["selected_weights"]["val_return"]
     return results["validation"]["HR@10"]
 

@@ -3,6 +3,7 @@ learns, and starting RL from it."""
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from functools import partial
@@ -94,6 +95,27 @@ def test_ranking_validation_ranks_held_out_users_when_their_validation_items_are
     with pytest.raises(ValueError, match="no held-out users"):
         RankingValidation(toy_sequences(heldout=(False, False, False)), every_n_steps=10,
                           num_users=5, seed=0, heldout_only=True)
+
+
+def test_ranking_validation_keeps_a_copy_of_the_best_weights_and_checkpoints_it() -> None:
+    module = make_module(toy_sequences())
+    validation = RankingValidation(toy_sequences(), every_n_steps=10, num_users=5, seed=0,
+                                   keep_best=True)
+    first = module.next_item_head.item_bias.detach().clone()
+    validation._remember_if_best({"step": 10, "HR@10": 0.5, "NDCG@10": 0.3}, module)
+    with torch.no_grad():
+        module.next_item_head.item_bias.add_(1.0)  # training goes on: the kept copy must not follow
+    validation._remember_if_best({"step": 20, "HR@10": 0.5, "NDCG@10": 0.4}, module)  # a tie
+    validation._remember_if_best({"step": 30, "HR@10": 0.4, "NDCG@10": 0.4}, module)
+    assert validation.best["point"]["step"] == 10
+    torch.testing.assert_close(validation.best["weights"]["next_item_head.item_bias"], first)
+    validation._remember_if_best({"step": 40, "HR@10": 0.6, "NDCG@10": 0.1}, module)
+    assert validation.best["point"]["step"] == 40
+    torch.testing.assert_close(validation.best["weights"]["next_item_head.item_bias"], first + 1.0)
+    resumed = RankingValidation(toy_sequences(), every_n_steps=10, num_users=5, seed=0,
+                                keep_best=True)
+    resumed.load_state_dict(validation.state_dict())
+    assert resumed.best["point"]["step"] == 40
 
 
 def test_without_masking_only_the_next_item_and_its_rating_are_learnt() -> None:
@@ -419,6 +441,46 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, 
 
 
 @needs_ml100k
+def test_pretraining_with_select_best_ranks_and_saves_its_best_validation_weights(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """evaluation.select=best: the final rankings and best.ckpt (the results' checkpoint) are
+    the weights of the highest validation HR@10; last.ckpt stays the final state to resume."""
+    data = [f"env.path={ML100K}", f"env.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
+            "evaluation.ranking.chunk_size=1024"]
+    run_dir = tmp_path / "pretrain"
+    # A rate high enough that validation HR@10 is not monotone over the 30 steps.
+    assert run_recrl_in_process(run_dir, "env=ml100k", "algo=pretrain", "debug=smoke", *data,
+                                "trainer.max_steps=30", "evaluation.every_n_steps=5",
+                                "evaluation.num_users=943", "algo.lr=0.01",
+                                "evaluation.select=best") is None
+    results = json.loads((run_dir / "results.json").read_text())
+    with open(run_dir / "metrics.csv") as f:
+        curve = [(int(row["step"]), float(row["val/HR@10"])) for row in csv.DictReader(f)
+                 if row.get("val/HR@10")]
+    assert [step for step, _ in curve] == [0, 5, 10, 15, 20, 25, 30]
+    best_step, best_hr = max(curve, key=lambda point: point[1])  # the first of equal maxima
+    assert best_step < 30  # this run peaks before its end: the selection must load other weights
+    assert results["selected_weights"] == {"rule": "best", "step": best_step}
+    assert results["validation"]["step"] == best_step
+    assert results["validation"]["HR@10"] == pytest.approx(best_hr)
+    checkpoint = Path(results["checkpoint"])
+    assert checkpoint == run_dir / "checkpoints" / "best.ckpt"
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)
+    assert last["global_step"] == 30 and "optimizer_states" in last
+    # best.ckpt holds the selected weights, and the run ranked its test items with them: the
+    # per-target breakdown of best.ckpt ranks all 943 validation items as the selected
+    # evaluation did, and the test items as the run's own results.
+    monkeypatch.setattr(sys, "argv", ["ranking_by_target.py", str(checkpoint), "--override",
+                                      "env=ml100k", "debug=smoke", *data])
+    load_bench("ranking_by_target").main()
+    row = next(line.split("|") for line in capsys.readouterr().out.splitlines()
+               if line.startswith(f"| {checkpoint} | all 943"))
+    assert float(row[3].split()[0]) == round(best_hr, 3)
+    assert float(row[4].split()[0]) == round(results["offline_ranking"]["agent"]["full"]["HR@10"], 3)
+
+
+@needs_ml100k
 def test_causal_pretraining_through_the_entry_point_and_rl_from_it(tmp_path: Path, monkeypatch,
                                                                    capsys) -> None:
     """The README's SASRec-style command: it ranks and writes a checkpoint that records its
@@ -454,3 +516,9 @@ def test_causal_pretraining_through_the_entry_point_and_rl_from_it(tmp_path: Pat
                                 "encoder.causal=true", f"encoder.init_from={checkpoint}") is None
     results = json.loads((rl_dir / "results.json").read_text())
     assert "agent" in results and "full" in results["offline_ranking"]["agent"]
+    # The heads-as-policies script reads the attention from the checkpoint: no override needed.
+    monkeypatch.setattr(sys, "argv", ["pretrained_policy.py", str(checkpoint), "--users", "8",
+                                      "--scales", "--override", "env=ml100k", "debug=smoke",
+                                      *data])
+    load_bench("pretrained_policy").main()
+    assert "head, greedy" in capsys.readouterr().out

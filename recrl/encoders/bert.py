@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -260,6 +261,12 @@ PRETRAINED_HEADS = {"rating": "rating_head.", "next_item": "next_item_head."}
 AUTO_HEAD = "auto"
 
 
+def pretraining_objective(checkpoint: dict[str, Any]) -> str:
+    """The ``algo.objective`` of a loaded ``algo=pretrain`` checkpoint: it decides the encoder's
+    attention (``causal``). Checkpoints written before the choice existed were all cloze."""
+    return checkpoint.get("hyper_parameters", {}).get("objective", "cloze")
+
+
 def load_pretrained(path: str, head: str | None = None, causal: bool = False
                     ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, str | None]:
     """The encoder weights of an ``algo=pretrain`` checkpoint, its ``head`` (a key of
@@ -278,7 +285,7 @@ def load_pretrained(path: str, head: str | None = None, causal: bool = False
             "(outputs/<date>/<time>/checkpoints/last.ckpt of python -m recrl.run algo=pretrain)"
         )
     state = torch.load(file, map_location="cpu", weights_only=True)
-    objective = state.get("hyper_parameters", {}).get("objective", "cloze")
+    objective = pretraining_objective(state)
     pretrained_causal = objective == "causal"
     if "state_dict" in state and pretrained_causal != causal:
         raise ValueError(
