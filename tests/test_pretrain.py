@@ -20,7 +20,7 @@ from recrl.data import Sequences
 from recrl.encoders import HistoryEncoder, ItemScorer
 from recrl.envs import InterestEvolutionEnv
 from recrl.envs.base import CLICKED, PADDING
-from tests.conftest import ML100K, needs_ml100k, run_recrl_in_process
+from tests.conftest import ML100K, needs_ml100k, run_recrl, run_recrl_in_process
 from tests.test_bench import load_bench
 
 
@@ -441,18 +441,28 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, 
 
 
 @needs_ml100k
+@pytest.mark.parametrize("hardware", ["cpu", "ddp_cpu"])
 def test_pretraining_with_select_best_ranks_and_saves_its_best_validation_weights(
-        tmp_path: Path, monkeypatch, capsys) -> None:
+        tmp_path: Path, monkeypatch, capsys, hardware: str) -> None:
     """evaluation.select=best: the final rankings and best.ckpt (the results' checkpoint) are
-    the weights of the highest validation HR@10; last.ckpt stays the final state to resume."""
+    the weights of the highest validation HR@10; last.ckpt stays the final state to resume.
+    Also with two DDP processes (gloo), where saving best.ckpt is a collective."""
     data = [f"env.path={ML100K}", f"env.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
             "evaluation.ranking.chunk_size=1024"]
     run_dir = tmp_path / "pretrain"
     # A rate high enough that validation HR@10 is not monotone over the 30 steps.
-    assert run_recrl_in_process(run_dir, "env=ml100k", "algo=pretrain", "debug=smoke", *data,
-                                "trainer.max_steps=30", "evaluation.every_n_steps=5",
-                                "evaluation.num_users=943", "algo.lr=0.01",
-                                "evaluation.select=best") is None
+    overrides = ["env=ml100k", "algo=pretrain", "debug=smoke", *data, "trainer.max_steps=30",
+                 "evaluation.every_n_steps=5", "evaluation.num_users=943", "algo.lr=0.01",
+                 "evaluation.select=best"]
+    if hardware == "cpu":
+        assert run_recrl_in_process(run_dir, *overrides) is None
+    else:
+        # Lightning re-runs the command line for the second process: a real subprocess.
+        proc = run_recrl(run_dir, *overrides, "hardware=ddp_cpu", "trainer.devices=2",
+                         timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sorted(p.name for p in run_dir.glob("run*.log")) == ["run.log", "run.rank1.log"]
+        assert len(list(run_dir.parent.rglob("results.json"))) == 1
     results = json.loads((run_dir / "results.json").read_text())
     with open(run_dir / "metrics.csv") as f:
         curve = [(int(row["step"]), float(row["val/HR@10"])) for row in csv.DictReader(f)
