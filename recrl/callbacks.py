@@ -23,20 +23,33 @@ class EveryNSteps(L.Callback):
     (``evaluation.select=best``) are checkpointed with the curve.
     """
 
-    every_n_steps: int
-    curve: list[dict[str, float]]
-    #: The selection of ``evaluation.select=best``: the best point so far and its weights.
-    best: dict[str, Any] | None = None
-    #: The curve point's key that the selection maximises.
+    #: The curve point's key that ``evaluation.select=best`` maximises.
     score_key: str
 
-    def _improves_on_best(self, point: dict[str, float]) -> bool:
-        """Strictly higher than the best so far: on a tie the earlier (less trained) weights
-        stay."""
-        return self.best is None or point[self.score_key] > self.best["point"][self.score_key]
+    def __init__(self, every_n_steps: int, keep_best: bool) -> None:
+        super().__init__()
+        if every_n_steps < 1:
+            raise ValueError(f"evaluation.every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.keep_best = keep_best
+        self.curve: list[dict[str, float]] = []
+        #: ``{"point": curve point, **_snapshot(...)}`` of the best evaluation so far.
+        self.best: dict[str, Any] | None = None
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
         raise NotImplementedError
+
+    def _snapshot(self, pl_module: Any) -> dict[str, Any]:
+        """What ``evaluation.select=best`` needs to restore this point's model later."""
+        raise NotImplementedError
+
+    def _add_point(self, point: dict[str, float], pl_module: Any) -> None:
+        """Appends an evaluation to the curve; with ``keep_best``, a point strictly higher than
+        the best so far keeps a snapshot (on a tie the earlier, less trained, weights stay)."""
+        self.curve.append(point)
+        if self.keep_best and (self.best is None
+                               or point[self.score_key] > self.best["point"][self.score_key]):
+            self.best = {"point": dict(point), **self._snapshot(pl_module)}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         if not self.curve:  # not again when resuming
@@ -88,28 +101,17 @@ class PeriodicEvaluation(EveryNSteps):
 
     def __init__(self, every_n_steps: int, num_users: int, seed: int, max_steps: int,
                  keep_best: bool = False) -> None:
-        super().__init__()
-        if every_n_steps < 1:
-            raise ValueError(f"evaluation.every_n_steps must be >= 1, got {every_n_steps}")
-        self.every_n_steps = every_n_steps
+        super().__init__(every_n_steps, keep_best)
         self.num_users = num_users
         self.seed = seed
         self.max_steps = max_steps
-        self.keep_best = keep_best
-        self.curve: list[dict[str, float]] = []
-        #: ``{"point": curve point, "weights": {name: tensor}, "item_clicks": tensor}`` of the
-        #: best evaluation (the module's ``policy_weights`` and its training clicks so far).
-        self.best: dict[str, Any] | None = None
 
-    def _remember_if_best(self, point: dict[str, float], pl_module: Any) -> None:
-        if not self._improves_on_best(point):
-            return
-        weights = cpu_copy(pl_module.policy_weights())
-        # The clicks `popular` ranks, as far as training had got: the selected weights are then
-        # compared with the most-popular list of the same frames. All ranks' clicks together (a
-        # collective: every rank gets here with the same point).
-        clicks = pl_module.total_item_clicks().detach().to("cpu", copy=True)
-        self.best = {"point": dict(point), "weights": weights, "item_clicks": clicks}
+    def _snapshot(self, pl_module: Any) -> dict[str, Any]:
+        # The policy's weights, and the clicks `popular` ranks as far as training had got: the
+        # selected weights are then compared with the most-popular list of the same frames. All
+        # ranks' clicks together (a collective: every rank gets here with the same point).
+        return {"weights": cpu_copy(pl_module.policy_weights()),
+                "item_clicks": pl_module.total_item_clicks().detach().to("cpu", copy=True)}
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
         # Eval mode, as in the final evaluation: no dropout noise, and the global RNG (which
@@ -125,9 +127,7 @@ class PeriodicEvaluation(EveryNSteps):
         finally:
             pl_module.train(was_training)
         point = {"step": trainer.global_step, "frames": int(pl_module.frames), **metrics}
-        self.curve.append(point)
-        if self.keep_best:
-            self._remember_if_best(point, pl_module)
+        self._add_point(point, pl_module)
         # Straight to the loggers, one row per evaluation at its true step: self.log from a
         # callback would be re-logged at every logging step and aggregated per epoch.
         val_metrics = {
@@ -167,7 +167,7 @@ class RankingValidation(EveryNSteps):
 
     def __init__(self, sequences: Sequences | None, every_n_steps: int, num_users: int,
                  seed: int, heldout_only: bool = False, keep_best: bool = False) -> None:
-        super().__init__()
+        super().__init__(every_n_steps, keep_best)
         if sequences is None:
             raise ValueError("ranking validation needs the logged sequences of a logged-data env")
         pool = (torch.nonzero(sequences.heldout_users).squeeze(1) if heldout_only
@@ -179,15 +179,9 @@ class RankingValidation(EveryNSteps):
         users = pool[torch.randperm(pool.numel(), generator=generator)[:num_users]]
         self.users = users.sort().values
         self.sequences = sequences
-        self.every_n_steps = every_n_steps
-        self.keep_best = keep_best
-        self.curve: list[dict[str, float]] = []
-        #: ``{"point": curve point, "weights": the module's state dict}`` of the best evaluation.
-        self.best: dict[str, Any] | None = None
 
-    def _remember_if_best(self, point: dict[str, float], pl_module: Any) -> None:
-        if self._improves_on_best(point):
-            self.best = {"point": dict(point), "weights": cpu_copy(pl_module.state_dict())}
+    def _snapshot(self, pl_module: Any) -> dict[str, Any]:
+        return {"weights": cpu_copy(pl_module.state_dict())}  # the whole module: every head
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
         was_training = pl_module.training
@@ -198,10 +192,7 @@ class RankingValidation(EveryNSteps):
             device=pl_module.device,
         )["full"]
         pl_module.train(was_training)
-        point = {"step": trainer.global_step, **metrics}
-        self.curve.append(point)
-        if self.keep_best:
-            self._remember_if_best(point, pl_module)
+        self._add_point({"step": trainer.global_step, **metrics}, pl_module)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({f"val/{k}": v for k, v in metrics.items()},

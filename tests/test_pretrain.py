@@ -102,14 +102,14 @@ def test_ranking_validation_keeps_a_copy_of_the_best_weights_and_checkpoints_it(
     validation = RankingValidation(toy_sequences(), every_n_steps=10, num_users=5, seed=0,
                                    keep_best=True)
     first = module.next_item_head.item_bias.detach().clone()
-    validation._remember_if_best({"step": 10, "HR@10": 0.5, "NDCG@10": 0.3}, module)
+    validation._add_point({"step": 10, "HR@10": 0.5, "NDCG@10": 0.3}, module)
     with torch.no_grad():
         module.next_item_head.item_bias.add_(1.0)  # training goes on: the kept copy must not follow
-    validation._remember_if_best({"step": 20, "HR@10": 0.5, "NDCG@10": 0.4}, module)  # a tie
-    validation._remember_if_best({"step": 30, "HR@10": 0.4, "NDCG@10": 0.4}, module)
+    validation._add_point({"step": 20, "HR@10": 0.5, "NDCG@10": 0.4}, module)  # a tie
+    validation._add_point({"step": 30, "HR@10": 0.4, "NDCG@10": 0.4}, module)
     assert validation.best["point"]["step"] == 10
     torch.testing.assert_close(validation.best["weights"]["next_item_head.item_bias"], first)
-    validation._remember_if_best({"step": 40, "HR@10": 0.6, "NDCG@10": 0.1}, module)
+    validation._add_point({"step": 40, "HR@10": 0.6, "NDCG@10": 0.1}, module)
     assert validation.best["point"]["step"] == 40
     torch.testing.assert_close(validation.best["weights"]["next_item_head.item_bias"], first + 1.0)
     resumed = RankingValidation(toy_sequences(), every_n_steps=10, num_users=5, seed=0,
