@@ -167,13 +167,11 @@ class WandbTracking(EveryNSteps):
 
     def __init__(self, logger: WandbLogger, every_n_steps: int, seed: int, example_users: int,
                  warmup_steps: int) -> None:
-        super().__init__()
+        super().__init__(every_n_steps, keep_best=False)  # a schedule of tables, no selection
         self.logger = logger
-        self.every_n_steps = every_n_steps
         self.seed = seed
         self.example_users = example_users
         self.warmup_steps = warmup_steps
-        self.curve: list[dict[str, float]] = []
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         if trainer.is_global_zero and hasattr(pl_module, "frames"):  # RL modules count frames
