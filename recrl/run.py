@@ -493,8 +493,9 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if not every or trainer.global_step % every:
         # ModelCheckpoint writes at multiples of every_n_steps only: the final state always ends
         # up in last.ckpt too (what encoder.init_from and ckpt_path=last read). Every rank
-        # computes the same answer (a collective save: all ranks take part).
-        trainer.save_checkpoint(output_dir / "checkpoints" / LAST_CHECKPOINT)
+        # computes the same answer (a collective save: all ranks take part). The full state,
+        # optimiser and callbacks included, so that ckpt_path=last resumes from it.
+        trainer.save_checkpoint(output_dir / "checkpoints" / LAST_CHECKPOINT, weights_only=False)
     choices = HydraConfig.get().runtime.choices
     test_returns: dict[str, Any] | None = None
     if is_pretraining(module):
