@@ -29,7 +29,7 @@ from lightning_modules.base import HISTORY_KEYS
 from recrl.baselines import RandomRecommender
 from recrl.encoders.bert import pretraining_objective
 from recrl.evaluation import evaluate_policy
-from recrl.run import build_module
+from recrl.run import build_module, with_default_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,9 +62,11 @@ def main() -> None:
     parser.add_argument("checkpoint", help="an algo=pretrain run's checkpoint")
     parser.add_argument("--scales", type=float, nargs="*", default=[1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--users", type=int, default=500, help="held-out test users")
-    parser.add_argument("--override", nargs="*", default=["env=ml100k"],
-                        help="Hydra overrides of the RL run (env, encoder.init_scorer, ...)")
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="Hydra overrides of the RL run (env, encoder.init_scorer, ...; "
+                             "env=ml100k unless one of them chooses the env)")
     args = parser.parse_args()
+    args.override = with_default_env(args.override)
     saved = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     causal = pretraining_objective(saved) == "causal"
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

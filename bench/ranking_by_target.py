@@ -9,8 +9,9 @@ and do the users pretraining trained on score otherwise than held-out users it n
     python bench/ranking_by_target.py <pretraining run>/checkpoints/last.ckpt [...] \
         [--override env=ml100k encoder=bert_tiny]
 
-The overrides must rebuild the pretraining run's env, encoder and heads (the defaults:
-``env=ml100k``; a run without the rating head wants ``algo.rating_weight=0``). Each checkpoint's
+The overrides must rebuild the pretraining run's env, encoder and heads (``env=ml100k`` unless
+one of them chooses the env; an ``encoder=bert_text`` run wants ``encoder=bert_text``, a run
+without the rating head ``algo.rating_weight=0``). Each checkpoint's
 objective (cloze or causal, with the encoder attention it needs) is read from the checkpoint.
 A checkpoint of ``algo.train_on_validation_item=true`` trained on the trained users' validation
 items: those cells say "(trained on)" instead of a number.
@@ -26,7 +27,7 @@ from hydra import compose, initialize_config_dir
 
 from recrl.encoders.bert import pretraining_objective
 from recrl.ranking import evaluate_ranking, most_popular_scorer
-from recrl.run import build_module
+from recrl.run import build_module, with_default_env
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("valid", "test")
@@ -35,9 +36,11 @@ TARGETS = ("valid", "test")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="algo=pretrain checkpoints")
-    parser.add_argument("--override", nargs="*", default=["env=ml100k"],
-                        help="Hydra overrides that rebuild the pretraining run's env and encoder")
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="Hydra overrides that rebuild the pretraining run's env and encoder "
+                             "(env=ml100k unless one of them chooses the env)")
     args = parser.parse_args()
+    args.override = with_default_env(args.override)
     modules = {}  # one module per objective; each checkpoint's weights are loaded into its own
 
     def module_for(objective: str):

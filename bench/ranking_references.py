@@ -42,15 +42,17 @@ from torch import Tensor
 
 from recrl.data import Sequences
 from recrl.ranking import ScoreFn, evaluate_ranking, most_popular_scorer, popularity_scores
+from recrl.run import with_default_env
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--override", nargs="*", default=["env=ml100k"],
+    parser.add_argument("--override", nargs="*", default=[],
                         help="Hydra overrides that choose the logged-data env (log, format, "
-                             "preprocessing, env.history_length)")
+                             "preprocessing, env.history_length; env=ml100k unless one of "
+                             "them chooses the env)")
     parser.add_argument("--history-length", type=int, default=None,
                         help="L (default: the env's history_length)")
     parser.add_argument("--target", choices=("test", "valid"), default="test",
@@ -154,7 +156,7 @@ def ease_scorer(sequences: Sequences, penalty: float) -> ScoreFn:
 
 def main() -> None:
     args = parse_args()
-    sequences, env_history_length, data = env_sequences(args.override)
+    sequences, env_history_length, data = env_sequences(with_default_env(args.override))
     history_length = args.history_length or env_history_length
     scorers = {
         "most_popular": most_popular_scorer(sequences),

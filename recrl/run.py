@@ -19,6 +19,7 @@ import shlex
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -187,6 +188,15 @@ class Built(NamedTuple):
 def is_pretraining(module: Any) -> bool:
     """Self-supervised pretraining has no policy to run in the simulator, only rankings."""
     return isinstance(module, SequencePretrainModule)
+
+
+def with_default_env(overrides: Sequence[str], default_env: str = "ml100k") -> list[str]:
+    """``overrides`` with ``env=<default_env>`` in front unless one of them chooses the env.
+
+    For scripts whose runs are on logged data (bench/): ``--override encoder=bert_text`` alone
+    must not fall back to the synthetic env, and Hydra refuses a group given twice."""
+    chooses_env = any(o.lstrip("+~").split("=", 1)[0] == "env" for o in overrides)
+    return list(overrides) if chooses_env else [f"env={default_env}", *overrides]
 
 
 def build_module(cfg: DictConfig) -> tuple[Any, Any]:

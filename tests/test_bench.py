@@ -102,6 +102,20 @@ def small_log(tmp_path) -> Path:
     return log_file
 
 
+def test_bench_overrides_start_from_ml100k_unless_they_choose_an_env() -> None:
+    """``--override encoder=bert_text`` alone keeps the scripts on ML-100K (it once fell back to
+    the synthetic env and failed), and an env of the user's own is never given twice."""
+    from recrl.run import with_default_env
+
+    assert with_default_env([]) == ["env=ml100k"]
+    assert with_default_env(["encoder=bert_text", "env.history_length=20"]) == [
+        "env=ml100k", "encoder=bert_text", "env.history_length=20"]
+    assert with_default_env(["encoder=bert_text", "env=beauty"]) == ["encoder=bert_text",
+                                                                     "env=beauty"]
+    assert with_default_env(["+env=logged"]) == ["+env=logged"]
+    assert with_default_env([], default_env="beauty") == ["env=beauty"]
+
+
 def run_references(tmp_path, monkeypatch, capsys, *extra: str,
                    overrides: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
     """The script's output and its table rows by ranker name, on the small log as env=logged."""
