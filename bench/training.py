@@ -45,6 +45,7 @@ import contextlib
 import cProfile
 import io
 import logging
+import math
 import os
 import pstats
 import statistics
@@ -510,6 +511,13 @@ def fmt_rate(rate: float) -> str:
     return f"{rate / 1e3:.2f}k" if rate >= 1e4 else f"{rate:.1f}"
 
 
+def fmt_updates(rate: float) -> str:
+    """Four significant digits: on a loaded machine a run does under one update a second, where
+    two decimals would put a few percent of rounding into the table's ratios."""
+    decimals = max(0, 3 - math.floor(math.log10(rate))) if rate > 0 else 2
+    return f"{rate:.{decimals}f}"
+
+
 def plan(algo: str, args: argparse.Namespace) -> tuple[DictConfig, int, int]:
     """The composed config, warm-up steps and timed steps of one algorithm."""
     out = Path(tempfile.gettempdir())
@@ -550,7 +558,8 @@ def main() -> None:
                         with_side_costs=last and not args.no_side_costs)
             results[algo].append(r)
             print(f"  [{repeat + 1}/{args.repeats}] {algo}: updates/s recrl "
-                  f"{r['recrl']['updates_per_s']:.2f}, minimal {r['minimal']['updates_per_s']:.2f}"
+                  f"{fmt_updates(r['recrl']['updates_per_s'])}, "
+                  f"minimal {fmt_updates(r['minimal']['updates_per_s'])}"
                   f", ratio {r['recrl']['updates_per_s'] / r['minimal']['updates_per_s']:.3f} "
                   f"({r['run_s']:.0f} s)", file=sys.stderr, flush=True)
 
@@ -565,8 +574,9 @@ def main() -> None:
         for way in ("recrl", "minimal"):
             m = {k: statistics.median(r[way][k] for r in runs) for k in runs[0][way]}
             ratio = f"{statistics.median(ratios):.3f}" if way == "recrl" else ""
-            print(f"| {algo} | {way} | {fmt_rate(m['frames_per_s'])} | {m['updates_per_s']:.2f} "
-                  f"| {ratio} | " + " | ".join(f"{m[p]:.2f}" for p in PHASES) + " |")
+            print(f"| {algo} | {way} | {fmt_rate(m['frames_per_s'])} | "
+                  f"{fmt_updates(m['updates_per_s'])} | {ratio} | "
+                  + " | ".join(f"{m[p]:.2f}" for p in PHASES) + " |")
         note = (f"{algo}: {steps} timed steps after {warmup} warm-up steps; recrl/minimal per "
                 f"repeat {', '.join(f'{x:.3f}' for x in ratios)}; recrl overhead "
                 f"{100 * (1 / statistics.median(ratios) - 1):+.1f}% time per update")
