@@ -16,6 +16,7 @@ import torch
 
 from recrl.data import PreprocessConfig, load_sequences
 from recrl.ranking import evaluate_ranking, most_popular_scorer, popularity_scores
+from recrl.run import with_default_env
 from tests.conftest import REPO_ROOT
 from tests.test_ranking import make_sequences
 
@@ -105,8 +106,6 @@ def small_log(tmp_path) -> Path:
 def test_bench_overrides_start_from_ml100k_unless_they_choose_an_env() -> None:
     """``--override encoder=bert_text`` alone keeps the scripts on ML-100K (it once fell back to
     the synthetic env and failed), and an env of the user's own is never given twice."""
-    from recrl.run import with_default_env
-
     assert with_default_env([]) == ["env=ml100k"]
     assert with_default_env(["encoder=bert_text", "env.history_length=20"]) == [
         "env=ml100k", "encoder=bert_text", "env.history_length=20"]
