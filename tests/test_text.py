@@ -103,6 +103,24 @@ def test_batch_size_and_truncation(tiny_text_model: Path) -> None:
         embed_item_texts(["", "toy"], tiny_text_model, batch_size=0)
 
 
+def test_loading_draws_no_progress_bar_and_keeps_the_callers_setting(
+        tiny_text_model: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from transformers.utils import logging as hf_logging
+
+    try:
+        for enabled in (True, False):
+            (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+            embed_item_texts(["", "toy"], tiny_text_model)
+            assert hf_logging.is_progress_bar_enabled() is enabled
+        assert "Loading weights" not in capfd.readouterr().err
+        # The check can fail: the same load through transformers alone draws the bar.
+        hf_logging.enable_progress_bar()
+        transformers.AutoModel.from_pretrained(str(tiny_text_model))
+        assert "Loading weights" in capfd.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def test_cache_hit_loads_no_model(tiny_text_model: Path, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     texts = ["", "Toy Story (1995) | Comedy", "Scream (1996) | Horror"]

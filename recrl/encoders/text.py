@@ -78,13 +78,22 @@ def text_cache_key(texts: list[str], model_folder: Path, max_length: int) -> str
 
 def _load_text_model(folder: Path) -> tuple[Any, torch.nn.Module]:
     from transformers import AutoModel, AutoTokenizer  # only when the cache misses
+    from transformers.utils import logging as hf_logging
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    # transformers 5 draws a "Loading weights" bar per load; inside a run it would interleave
+    # with Lightning's progress bar, and the log line below already says what is loaded.
+    bar_was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True,
-                                          attn_implementation="sdpa")
-    except (ValueError, ImportError):  # an architecture without SDPA attention
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        try:
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True,
+                                              attn_implementation="sdpa")
+        except (ValueError, ImportError):  # an architecture without SDPA attention
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    finally:
+        if bar_was_enabled:  # leave the caller's own setting as it was
+            hf_logging.enable_progress_bar()
     return tokenizer, model.float().eval()
 
 
