@@ -27,7 +27,7 @@ the env config's (Hydra overrides, as for ``python -m recrl.run``), so the refer
 exactly what a run on that env ranks. Prints a markdown table.
 
     python bench/ranking_references.py [--override env=ml100k]
-    python bench/ranking_references.py --override env=logged env.path=<log> env.format=sequences
+    python bench/ranking_references.py --override env=logged data.path=<log> data.format=sequences
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ class RankingValidation(EveryNSteps):
         pool = (torch.nonzero(sequences.heldout_users).squeeze(1) if heldout_only
                 else torch.arange(sequences.num_users))
         if pool.numel() == 0:
-            raise ValueError("no held-out users to validate on: raise env.holdout_user_fraction "
+            raise ValueError("no held-out users to validate on: raise data.holdout_user_fraction "
                              "or set algo.train_on_validation_item=false")
         generator = torch.Generator().manual_seed(seed)
         users = pool[torch.randperm(pool.numel(), generator=generator)[:num_users]]

@@ -43,6 +43,7 @@ from recrl.checkpointing import (
 )
 from recrl.compare import TEST_RETURNS_FILE
 from recrl.data import Sequences
+from recrl.data.formats import READERS
 from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features
 from recrl.evaluation import Episodes, paired_gap, play_users, summarise
 from recrl.plotting import plot_evaluation_curve
@@ -173,7 +174,28 @@ def check_config(cfg: DictConfig) -> None:
             f"trainer.gradient_clip_val={cfg.trainer.gradient_clip_val}: gradient clipping is the "
             "algorithm's; set algo.max_grad_norm instead"
         )
+    check_data(cfg)
     check_hardware(cfg.trainer)
+
+
+def check_data(cfg: DictConfig) -> None:
+    """env=logged reads whatever log it is given: without one, say which two values to set."""
+    data = cfg.get("data")
+    if data is None:
+        return
+    if "path" not in cfg.env:  # e.g. env=synthetic data=ml100k: the log would be ignored
+        raise ConfigurationError(
+            "a data config was chosen, but the data group is read by the logged-data envs "
+            "only; choose env=ml100k, env=beauty or env=logged, or drop the data override"
+        )
+    missing = [f"data.{key}" for key in ("path", "format") if OmegaConf.is_missing(data, key)]
+    if missing:
+        raise ConfigurationError(
+            f"{' and '.join(missing)} not set: a logged-data env needs the interaction log to "
+            "replay, e.g. env=logged "
+            f"data.path=my_log.csv data.format=table (formats: {', '.join(READERS)}; "
+            "conf/data/logged.yaml), or a prepared env such as env=ml100k"
+        )
 
 
 class Built(NamedTuple):

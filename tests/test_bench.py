@@ -118,8 +118,8 @@ def test_bench_overrides_start_from_ml100k_unless_they_choose_an_env() -> None:
 def run_references(tmp_path, monkeypatch, capsys, *extra: str,
                    overrides: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
     """The script's output and its table rows by ranker name, on the small log as env=logged."""
-    env = ["env=logged", f"env.path={small_log(tmp_path)}", "env.format=sequences",
-           f"env.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=5", *overrides]
+    env = ["env=logged", f"data.path={small_log(tmp_path)}", "data.format=sequences",
+           f"data.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=5", *overrides]
     monkeypatch.setattr(sys, "argv", ["ranking_references.py", *extra, "--override", *env])
     references.main()
     out = capsys.readouterr().out
@@ -142,7 +142,7 @@ def test_script_ranks_the_log_as_the_env_config_preprocesses_it(tmp_path, monkey
     """The log, its k-core filter and L come from the composed env config: keeping users with
     30 or more interactions ranks fewer users, as many as load_sequences keeps."""
     out, _ = run_references(tmp_path, monkeypatch, capsys,
-                            overrides=("env.min_user_interactions=30", "env.history_length=4"))
+                            overrides=("data.min_user_interactions=30", "env.history_length=4"))
     kept = load_sequences(small_log(tmp_path), "sequences",
                           PreprocessConfig(min_user_interactions=30, min_item_interactions=5),
                           cache_dir=tmp_path / "cache").num_users

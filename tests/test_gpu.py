@@ -98,7 +98,7 @@ def test_movielens_training_runs_on_the_gpu(tmp_path: Path, algo: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECRL_DATA_DIR", str(ML100K.parent))
     results = gpu_run(tmp_path / "run", "env=ml100k", f"algo={algo}",
-                      f"env.cache_dir={tmp_path / 'cache'}")
+                      f"data.cache_dir={tmp_path / 'cache'}")
     assert {"random", "popular", "popular_log"} <= set(results["baselines"])
     # Offline ranking ran too (after training, on the CPU the model is moved back to).
     assert results["offline_ranking"]["agent"]["full"]["HR@10"] >= 0

@@ -366,7 +366,7 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, 
     run starts from it and reports the same ranking protocols next to its online return. The
     README's per-target breakdown (bench/ranking_by_target.py) of that checkpoint agrees with
     the run's own test-item numbers."""
-    data = [f"env.path={ML100K}", f"env.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
+    data = [f"data.path={ML100K}", f"data.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
             "evaluation.ranking.chunk_size=1024"]
     pretrain_dir = tmp_path / "pretrain"
     assert run_recrl_in_process(pretrain_dir, "env=ml100k", "algo=pretrain", "debug=smoke",
@@ -447,7 +447,7 @@ def test_pretraining_with_select_best_ranks_and_saves_its_best_validation_weight
     """evaluation.select=best: the final rankings and best.ckpt (the results' checkpoint) are
     the weights of the highest validation HR@10; last.ckpt stays the final state to resume.
     Also with two DDP processes (gloo), where saving best.ckpt is a collective."""
-    data = [f"env.path={ML100K}", f"env.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
+    data = [f"data.path={ML100K}", f"data.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
             "evaluation.ranking.chunk_size=1024"]
     run_dir = tmp_path / "pretrain"
     # A rate high enough that validation HR@10 is not monotone over the 30 steps.
@@ -496,7 +496,7 @@ def test_causal_pretraining_through_the_entry_point_and_rl_from_it(tmp_path: Pat
     """The README's SASRec-style command: it ranks and writes a checkpoint that records its
     objective (bench/ranking_by_target.py reads it and ranks as the run did); an RL run from it
     without encoder.causal=true ends with the one-line fix, and with it runs."""
-    data = [f"env.path={ML100K}", f"env.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
+    data = [f"data.path={ML100K}", f"data.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
             "evaluation.ranking.chunk_size=1024"]
     pretrain_dir = tmp_path / "pretrain"
     assert run_recrl_in_process(pretrain_dir, "env=ml100k", "algo=pretrain", "debug=smoke",

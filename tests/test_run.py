@@ -166,6 +166,30 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
     assert popular["return_mean"] == pytest.approx(results["baselines"]["popular"]["return_mean"])
 
 
+def test_the_data_group_chooses_the_log_of_a_logged_env() -> None:
+    """data.* (conf/data/) is the log and its preprocessing; the env chooses the data config and
+    passes its values to LoggedEnv, and command-line data.* overrides reach the env."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import REPO_ROOT
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        synthetic = compose("config")
+        ml100k = compose("config", overrides=["env=ml100k", "data.min_rating=4"])
+        beauty = compose("config", overrides=["env=beauty"])
+        logged = compose("config", overrides=["env=logged", "data.path=log.csv",
+                                              "data.format=table", "+data.columns.rating=stars",
+                                              "data.split_seed=7", "data.cache_dir=/tmp/c"])
+    assert "data" not in synthetic  # the synthetic simulator reads no log
+    assert ml100k.env.path.endswith("/ml-100k") and ml100k.env.format == "ml-100k"
+    assert ml100k.env.min_rating == 4 and ml100k.env.min_item_interactions == 5
+    assert beauty.env.path.endswith("amazon-beauty/beauty.txt") and beauty.env.format == "sequences"
+    assert beauty.env.min_item_interactions == 1 and beauty.env.fit_batch_size == 65536
+    assert (logged.env.path, logged.env.format, logged.env.split_seed, logged.env.cache_dir) == (
+        "log.csv", "table", 7, "/tmp/c")
+    assert dict(logged.env.columns) == {"rating": "stars"}
+
+
 #: Bad input the CLI must refuse with one line: (overrides, a phrase the message must contain).
 BAD_INPUT = [
     (["algo=nonexistent"], "algo"),
@@ -177,7 +201,10 @@ BAD_INPUT = [
     (["trainer.max_steps=0"], "trainer.max_steps"),
     (["algo=ppo", "algo.minibatch_size=100000"], "algo.minibatch_size"),
     (["algo=ppo", "algo.advantages=never"], "algo.advantages"),
-    (["env=ml100k", "env.path=/nonexistent/ml-100k"], "python -m recrl.data download"),
+    (["env=ml100k", "data.path=/nonexistent/ml-100k"], "python -m recrl.data download"),
+    (["env=logged"], "data.path and data.format not set"),
+    (["env=logged", "data.path=my_log.csv"], "data.format not set"),
+    (["data=ml100k"], "read by the logged-data envs only"),
     (["algo=pretrain"], "learns from logged sequences"),
     (["encoder.init_from=/nonexistent.ckpt"], "encoder.init_from"),
     (["encoder=bert_text"], "needs item text"),

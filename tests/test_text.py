@@ -253,7 +253,7 @@ def test_synthetic_env_has_no_text_for_bert_text(tmp_path: Path, tiny_text_model
 @needs_ml100k
 def test_bert_text_builds_an_encoder_with_text_features(tmp_path: Path,
                                                         tiny_text_model: Path) -> None:
-    cfg = _compose("env=ml100k", f"env.path={ML100K}", f"env.cache_dir={tmp_path / 'cache'}",
+    cfg = _compose("env=ml100k", f"data.path={ML100K}", f"data.cache_dir={tmp_path / 'cache'}",
                    "env.fit_epochs=2", "encoder=bert_text",
                    f"encoder.text_model_path={tiny_text_model}",
                    f"encoder.text_cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path}")
