@@ -174,3 +174,28 @@ def test_logs_without_ratings_get_a_logistic_taste_model_fitted_in_minibatches(
     unobserved = all_ratings[:, 1:][~seen[:, 1:]]
     assert observed.min() >= 0 and all_ratings.max() <= 5
     assert observed.mean() > unobserved.mean() + 1.5
+
+
+def test_a_table_with_its_own_column_names_through_the_data_config(
+        log_file: Path, tmp_path: Path) -> None:
+    """What the README's `env=logged data.path=... data.format=table data.columns.rating=stars`
+    composes: the renamed columns reach the table reader (ratings included)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from tests.conftest import REPO_ROOT
+
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(log_file.read_text().replace("user,item,timestamp,rating",
+                                                    "uid,sku,ts,stars", 1))
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "env=logged", f"data.path={renamed}", "data.format=table", "data.columns.user=uid",
+            "data.columns.item=sku", "data.columns.timestamp=ts", "data.columns.rating=stars",
+            "data.min_item_interactions=1", f"data.cache_dir={tmp_path / 'cache'}",
+            "env.fit_epochs=20", "env.history_length=4", "env.max_episode_steps=20"])
+    env = instantiate(cfg.env, num_users=4, seed=0)
+    reference = make_env(log_file, num_users=4, fit_epochs=20)
+    assert torch.equal(env.sequences.items, reference.sequences.items)
+    assert torch.equal(env.sequences.ratings, reference.sequences.ratings)
+    assert env.sequences.ratings.unique().tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]

@@ -178,7 +178,7 @@ def test_the_data_group_chooses_the_log_of_a_logged_env() -> None:
         ml100k = compose("config", overrides=["env=ml100k", "data.min_rating=4"])
         beauty = compose("config", overrides=["env=beauty"])
         logged = compose("config", overrides=["env=logged", "data.path=log.csv",
-                                              "data.format=table", "+data.columns.rating=stars",
+                                              "data.format=table", "data.columns.rating=stars",
                                               "data.split_seed=7", "data.cache_dir=/tmp/c"])
     assert "data" not in synthetic  # the synthetic simulator reads no log
     assert ml100k.env.path.endswith("/ml-100k") and ml100k.env.format == "ml-100k"
@@ -187,7 +187,9 @@ def test_the_data_group_chooses_the_log_of_a_logged_env() -> None:
     assert beauty.env.min_item_interactions == 1 and beauty.env.fit_batch_size == 65536
     assert (logged.env.path, logged.env.format, logged.env.split_seed, logged.env.cache_dir) == (
         "log.csv", "table", 7, "/tmp/c")
-    assert dict(logged.env.columns) == {"rating": "stars"}
+    # The table's columns default to the reader's names; one of them is renamed here.
+    assert dict(logged.env.columns) == {"user": "user", "item": "item",
+                                        "timestamp": "timestamp", "rating": "stars"}
 
 
 #: Bad input the CLI must refuse with one line: (overrides, a phrase the message must contain).

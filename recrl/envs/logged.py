@@ -320,7 +320,7 @@ class LoggedEnv(RecEnv):
                              holdout_user_fraction=holdout_user_fraction, split_seed=split_seed),
             FitConfig(dim=fit_dim, epochs=fit_epochs, batch_size=fit_batch_size),
             cache_dir,
-            dict(columns or {}),
+            dict(columns or {}) if format == "table" else {},  # only tables name columns
         )
         sequences = world.sequences
         heldout = sequences.heldout_users
