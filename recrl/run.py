@@ -46,6 +46,7 @@ from recrl.data import Sequences
 from recrl.data.formats import READERS
 from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features
 from recrl.evaluation import Episodes, paired_gap, play_users, summarise
+from recrl.machine import describe_machine
 from recrl.plotting import plot_evaluation_curve
 from recrl.ranking import (
     describe_protocol, evaluate_ranking, log_popularity, most_popular_scorer,
@@ -568,6 +569,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     results["optimizer_steps"] = trainer.global_step
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
     results["seed"] = cfg.seed
+    results["machine"] = describe_machine(module.device.type)
     if resume is not None:
         results["resumed_from"] = str(resume.path)
         if getattr(module, "resumed_with_fresh_users", None):

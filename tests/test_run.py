@@ -60,6 +60,10 @@ def test_smoke_run_writes_every_output(smoke_run: Path, algo: str) -> None:
     assert results["optimizer_steps"] == 20
     assert results["frames"] in SMOKE_FRAMES[algo]
     assert results["wall_time_s"] > 0
+    # What it ran on: numbers from different CPUs may differ (recrl/machine.py).
+    machine = results["machine"]
+    assert machine["cpu"] and machine["cpu_threads"] >= 1 and "gpu" not in machine
+    assert machine["torch"] == torch.__version__
     # The myopic oracle knows the users: it must beat the uniformly random policy.
     oracle, random = results["baselines"]["oracle_myopic"], results["baselines"]["random"]
     assert oracle["return_mean"] - oracle["return_ci95"] > random["return_mean"]
