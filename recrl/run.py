@@ -180,7 +180,8 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def check_data(cfg: DictConfig) -> None:
-    """env=logged reads whatever log it is given: without one, say which two values to set."""
+    """The data group feeds the logged-data envs only: refuse it beside another env (it would be
+    ignored silently), and name the values env=logged still needs before anything is read."""
     data = cfg.get("data")
     if data is None:
         return
