@@ -196,6 +196,25 @@ def test_the_data_group_chooses_the_log_of_a_logged_env() -> None:
                                         "timestamp": "timestamp", "rating": "stars"}
 
 
+def test_every_data_setting_reaches_the_logged_env() -> None:
+    """Each data config holds the same keys, and conf/env/logged.yaml passes every one of them on
+    (``key: ${data.key}``): a knob added to the data group alone would never reach LoggedEnv."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import REPO_ROOT
+
+    data_keys = {
+        path.stem: set(OmegaConf.load(path)) - {"defaults"}
+        for path in (REPO_ROOT / "conf" / "data").glob("*.yaml")
+    }
+    assert set(data_keys) == {"logged", "ml100k", "beauty"}
+    for name, keys in data_keys.items():
+        assert keys <= data_keys["logged"], f"conf/data/{name}.yaml adds {keys - data_keys['logged']}"
+    env = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "env" / "logged.yaml"))
+    assert {key: env.get(key) for key in data_keys["logged"]} == {
+        key: f"${{data.{key}}}" for key in data_keys["logged"]}
+
+
 #: Bad input the CLI must refuse with one line: (overrides, a phrase the message must contain).
 BAD_INPUT = [
     (["algo=nonexistent"], "algo"),
@@ -211,6 +230,8 @@ BAD_INPUT = [
     (["env=logged"], "data.path and data.format not set"),
     (["env=logged", "data.path=my_log.csv"], "data.format not set"),
     (["data=ml100k"], "read by the logged-data envs only"),
+    (["env=ml100k", "env.path=/elsewhere/ml-100k"], "set data.path instead of env.path"),
+    (["env=ml100k", "env.min_rating=4"], "set data.min_rating instead"),
     (["algo=pretrain"], "learns from logged sequences"),
     (["encoder.init_from=/nonexistent.ckpt"], "encoder.init_from"),
     (["encoder=bert_text"], "needs item text"),
