@@ -26,7 +26,7 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
 
 def describe_machine(device_type: str = "cpu") -> dict[str, str | int]:
-    """CPU model, torch's CPU threads, the GPU (when the run's module was on one: ``device_type``
+    """CPU model, torch's CPU threads, the GPU (when the run trained on one: ``device_type``
     ``"cuda"``) and library versions."""
     import lightning
     import torchrl

@@ -580,7 +580,9 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     results["optimizer_steps"] = trainer.global_step
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
     results["seed"] = cfg.seed
-    results["machine"] = describe_machine(module.device.type)
+    # The strategy's device, not the module's: Lightning moves the module back to the CPU after
+    # fit, so module.device would call every GPU run a CPU run.
+    results["machine"] = describe_machine(trainer.strategy.root_device.type)
     if resume is not None:
         results["resumed_from"] = str(resume.path)
         if getattr(module, "resumed_with_fresh_users", None):
