@@ -23,7 +23,8 @@ from recrl.baselines import MostPopularRecommender
 from recrl.compare import differing_population, read_test_returns
 from recrl.envs import uniform_valid_action
 from recrl.evaluation import paired_gap, play_users, summarise
-from recrl.run import build_module, evaluation_population
+from recrl.build import build_module
+from recrl.results import evaluation_population
 
 REPO = Path(__file__).resolve().parent.parent
 #: Users stepped at once while counting clicks (any number gives the same kind of counts).

@@ -25,11 +25,11 @@ from hydra import compose, initialize_config_dir
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 
-from lightning_modules.base import HISTORY_KEYS
+from recrl.observation import HISTORY_KEYS
 from recrl.baselines import RandomRecommender
 from recrl.encoders.bert import pretraining_objective
 from recrl.evaluation import evaluate_policy
-from recrl.run import build_module, with_default_env
+from recrl.build import build_module, with_default_env
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -27,7 +27,7 @@ from hydra import compose, initialize_config_dir
 
 from recrl.encoders.bert import pretraining_objective
 from recrl.ranking import evaluate_ranking, most_popular_scorer
-from recrl.run import build_module, with_default_env
+from recrl.build import build_module, with_default_env
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("valid", "test")

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from recrl.data import Sequences
 from recrl.ranking import ScoreFn, evaluate_ranking, most_popular_scorer, popularity_scores
-from recrl.run import with_default_env
+from recrl.build import with_default_env
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ For each algorithm the same DQN / PPO (one composed Hydra config: simulator, enc
 updates per rollout; the same seed, so the same initial weights) is trained two ways in one
 process:
 
-* ``recrl``: what ``python -m recrl.run`` builds (``recrl.run.build``: the Lightning ``Trainer``
+* ``recrl``: what ``python -m recrl.run`` builds (``recrl.build.build``: the Lightning ``Trainer``
   with its callbacks, the CSV logger, the progress bar (drawn into /dev/null), checkpointing at the
   CLI's rate) and ``trainer.fit`` over the module's collector stream (``RolloutStream``). Only the
   periodic evaluation callback is removed: it is evaluation, not training (the cost of one
@@ -66,7 +66,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
 from torchrl.collectors import Collector
 
-from recrl import run as recrl_run
+from recrl import build as recrl_build
 from recrl.callbacks import PeriodicEvaluation, StepProgressBar
 from recrl.evaluation import evaluate_policy
 
@@ -98,8 +98,8 @@ def compose_config(algo: str, output_dir: Path, steps: int, overrides: list[str]
 
 
 def build_module(cfg: DictConfig) -> Any:
-    """The algorithm module exactly as ``recrl.run.build`` makes it (the minimal side's model)."""
-    return recrl_run.build_module(cfg)[0]
+    """The algorithm module exactly as ``recrl.build.build`` makes it (the minimal side's model)."""
+    return recrl_build.build_module(cfg)[0]
 
 
 def steps_per_rollout(cfg: DictConfig) -> int:
@@ -232,8 +232,8 @@ class Lockstep(L.Callback):
 # -- the recrl side -------------------------------------------------------------------------
 def make_recrl_trainer(cfg: DictConfig, output_dir: Path, clock: Clock | None,
                        progress_bar: bool) -> tuple[Any, L.Trainer]:
-    """``recrl.run.build``'s module and Trainer, without periodic evaluation, instrumented."""
-    built = recrl_run.build(cfg, output_dir)
+    """``recrl.build.build``'s module and Trainer, without periodic evaluation, instrumented."""
+    built = recrl_build.build(cfg, output_dir)
     module, trainer = built.module, built.trainer
     callbacks = [c for c in trainer.callbacks if not isinstance(c, PeriodicEvaluation)]
     if not progress_bar:
@@ -411,7 +411,7 @@ def measure(cfg: DictConfig, algo: str, warmup: int, steps: int, progress_bar: b
         minimal = build_module(cfg)
         minimal.train()
         if not same_weights(module, minimal):
-            print("warning: the two sides start from different weights (has recrl.run.build "
+            print("warning: the two sides start from different weights (has recrl.build.build "
                   "changed? update build_module)", file=sys.stderr)
         minimal_steps = MINIMAL_LOOPS[algo](minimal, minimal_clock, total)
         fit_s = {}

@@ -1,7 +1,9 @@
-"""LightningModules of recrl: one per algorithm, sharing ``RecommenderModule``."""
+"""LightningModules of recrl: a policy module, the online RL base on it, one module per algorithm."""
 
-from lightning_modules.base import RecommenderModule
 from lightning_modules.dqn import DQNModule
+from lightning_modules.online import OnlineRLModule
+from lightning_modules.policy import PolicyModule
 from lightning_modules.ppo import PPOModule
+from lightning_modules.pretrain import SequencePretrainModule
 
-__all__ = ["DQNModule", "PPOModule", "RecommenderModule"]
+__all__ = ["DQNModule", "OnlineRLModule", "PolicyModule", "PPOModule", "SequencePretrainModule"]

@@ -27,9 +27,11 @@ from torchrl.data.replay_buffers import PrioritizedSampler, RandomSampler
 from torchrl.modules import EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
 
-from lightning_modules.base import HISTORY_KEYS, EnvFactory, RecommenderModule
+from lightning_modules.online import OnlineRLModule
+from lightning_modules.policy import EnvFactory
 from recrl.checkpointing import load_replay_buffer_state, replay_buffer_state
 from recrl.encoders import HistoryEncoder, HistoryScorer, ItemScorer
+from recrl.observation import HISTORY_KEYS
 
 
 class ActWithWeights(TensorDictModuleBase):
@@ -54,7 +56,7 @@ class ActWithWeights(TensorDictModuleBase):
         return torch.func.functional_call(self.policy, self._weights, (tensordict,), strict=True)
 
 
-class DQNModule(RecommenderModule):
+class DQNModule(OnlineRLModule):
     """Double DQN with a BERT history encoder, trained from a TorchRL collector + replay buffer.
 
     See ``conf/algo/dqn.yaml`` for what each argument does; the defaults here are the same.
@@ -203,7 +205,7 @@ class DQNModule(RecommenderModule):
         transitions["next", "reward"] = transitions["next", "reward"] * self.hparams.reward_scale
         self.replay_buffer.extend(transitions)
         # eps_annealing_frames and learning_starts count the frames of all DDP ranks together
-        # (each rank holds its own replay buffer of its own frames; see RecommenderModule).
+        # (each rank holds its own replay buffer of its own frames; see OnlineRLModule).
         world_size = self.world_size
         self.exploration.step(rollout.numel() * world_size)
         if len(self.replay_buffer) * world_size < self.hparams.learning_starts:

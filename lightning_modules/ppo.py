@@ -29,15 +29,17 @@ from torchrl.modules import MaskedCategorical, ProbabilisticActor, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
-from lightning_modules.base import HISTORY_KEYS, EnvFactory, RecommenderModule
+from lightning_modules.online import OnlineRLModule
+from lightning_modules.policy import EnvFactory
 from recrl.checkpointing import td_from_state, td_to_state
 from recrl.encoders import HistoryEncoder, ItemScorer
+from recrl.observation import HISTORY_KEYS
 
 #: When advantages are computed from the current value head.
 ADVANTAGE_SCHEDULES = ("batch", "epoch")
 
 
-class PPOModule(RecommenderModule):
+class PPOModule(OnlineRLModule):
     """PPO with a shared BERT history encoder, on-policy through the TorchRL collector.
 
     See ``conf/algo/ppo.yaml`` for what each argument does; the defaults here are the same.

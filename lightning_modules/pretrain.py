@@ -35,21 +35,25 @@ preparation does. Windows are cut and masked with tensor operations on the CSR s
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from lightning_modules.base import EnvFactory
+from lightning_modules.policy import EnvFactory, PolicyModule
 from recrl.data import Sequences, window_positions
 from recrl.encoders import HistoryEncoder, ItemScorer
 from recrl.envs.base import CLICKED, PADDING
 from recrl.envs.logged import MAX_RATING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from recrl.callbacks import EveryNSteps
+    from recrl.results import FinishedRun, RunResults
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +112,7 @@ class TrainingWindows:
 OBJECTIVES = ("cloze", "causal")
 
 
-class SequencePretrainModule(L.LightningModule):
+class SequencePretrainModule(PolicyModule):
     """Self-supervised pretraining of a `HistoryEncoder`, BERT4Rec's or SASRec's way (module
     docstring).
 
@@ -150,7 +154,8 @@ class SequencePretrainModule(L.LightningModule):
         warmup_steps: int = 100,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        # No gradient clipping: pretraining's AdamW with warm-up is stable without it.
+        super().__init__(encoder, env_factory, max_grad_norm=None, seed=seed)
         if objective not in OBJECTIVES:
             raise ValueError(f"algo.objective={objective!r}: choose {' | '.join(OBJECTIVES)}")
         if objective == "causal" and not encoder.causal:
@@ -184,7 +189,6 @@ class SequencePretrainModule(L.LightningModule):
             raise ValueError(
                 f"the encoder has {encoder.num_items} items, the log {sequences.num_items}"
             )
-        self.encoder = encoder
         self.sequences: Sequences = sequences
         self.train_on_validation_item = train_on_validation_item
         self.windows = TrainingWindows(sequences, encoder.history_length,
@@ -209,12 +213,28 @@ class SequencePretrainModule(L.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
-        self.seed = seed
 
     # -- what evaluation and ranking read ----------------------------------------------------
     def item_scores(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
         """Scores ``[B, N+1]`` of every item as the next one after each history."""
         return self.next_item_head(self.encoder(history, response, watch_time))
+
+    def make_validation(self, evaluation: DictConfig, sequences: Sequences | None
+                        ) -> EveryNSteps:
+        """Full-ranking HR@10 of the validation items of ``evaluation.num_users`` users."""
+        from recrl.callbacks import RankingValidation
+
+        return RankingValidation(
+            sequences, every_n_steps=evaluation.every_n_steps, num_users=evaluation.num_users,
+            seed=evaluation.val_seed, heldout_only=self.train_on_validation_item,
+            keep_best=evaluation.select == "best",
+        )
+
+    def final_results(self, run: FinishedRun) -> RunResults | None:
+        """Rankings of the test items (no policy is played: pretraining learns no actions)."""
+        from recrl.results import pretraining_results
+
+        return pretraining_results(self, run)
 
     # -- training -----------------------------------------------------------------------------
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -268,13 +288,9 @@ class SequencePretrainModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         losses = self.losses(batch)
-        if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(
-                f"pretraining loss is {losses['loss'].item()} at step {self.global_step}; "
-                "lower algo.lr"
-            )
-        self.log_dict({f"train/{k}_loss" if k != "loss" else "train/loss": v
-                       for k, v in losses.items()}, prog_bar=False)
+        # Checked for NaN / inf before the step is applied, as every algorithm's (NonFiniteGuard).
+        for name, value in losses.items():
+            self.log_loss(f"train/{name}_loss" if name != "loss" else "train/loss", value)
         return losses["loss"]
 
     def train_dataloader(self) -> DataLoader:

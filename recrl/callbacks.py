@@ -107,11 +107,7 @@ class PeriodicEvaluation(EveryNSteps):
         self.max_steps = max_steps
 
     def _snapshot(self, pl_module: Any) -> dict[str, Any]:
-        # The policy's weights, and the clicks `popular` ranks as far as training had got: the
-        # selected weights are then compared with the most-popular list of the same frames. All
-        # ranks' clicks together (a collective: every rank gets here with the same point).
-        return {"weights": cpu_copy(pl_module.policy_weights()),
-                "item_clicks": pl_module.total_item_clicks().detach().to("cpu", copy=True)}
+        return pl_module.selection_snapshot()
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
         # Eval mode, as in the final evaluation: no dropout noise, and the global RNG (which
@@ -126,7 +122,7 @@ class PeriodicEvaluation(EveryNSteps):
             ))
         finally:
             pl_module.train(was_training)
-        point = {"step": trainer.global_step, "frames": int(pl_module.frames), **metrics}
+        point = {"step": trainer.global_step, **pl_module.progress(), **metrics}
         self._add_point(point, pl_module)
         # Straight to the loggers, one row per evaluation at its true step: self.log from a
         # callback would be re-logged at every logging step and aggregated per epoch.
@@ -137,14 +133,16 @@ class PeriodicEvaluation(EveryNSteps):
             "val/ctr": metrics["ctr"],
             "val/episode_length": metrics["episode_length"],
             "val/coverage": metrics["coverage"],
-            "val/frames": float(point["frames"]),
-        }
+            }
+        if "frames" in point:
+            val_metrics["val/frames"] = float(point["frames"])
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(val_metrics, step=trainer.global_step)
         if trainer.progress_bar_callback is not None:
+            frames = f"  frames {point['frames']:>8}" if "frames" in point else ""
             trainer.progress_bar_callback.print(
-                f"step {point['step']:>6}  frames {point['frames']:>8}  "
+                f"step {point['step']:>6}{frames}  "
                 f"val/return {metrics['return_mean']:7.1f} ± {metrics['return_ci95']:.1f}"
             )
 

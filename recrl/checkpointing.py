@@ -437,7 +437,7 @@ class RunControl(Checkpoint):
         super().__init__()
         self.last_checkpoint = Path(last_checkpoint)
         self.pause_at_step = pause_at_step
-        self.run_dir = run_dir
+        self.run_dir = None if run_dir is None else Path(run_dir)
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -514,7 +514,7 @@ def _describe(tensor: Tensor) -> str:
 class NonFiniteGuard(L.Callback):
     """Checks the step's loss terms and every gradient before the optimiser applies them.
 
-    The loss terms are the ones the module recorded in ``step_losses`` (``RecommenderModule``
+    The loss terms are the ones the module recorded in ``step_losses`` (an online RL module
     records ``train/td_loss``, ``train/loss``, ...). On a NaN or inf: save ``last_good`` (the
     weights, optimiser and counters are still those of the previous step) and raise
     `NonFiniteError`. Steps count from 1: the error at step k leaves the state after k - 1 steps.

@@ -32,10 +32,8 @@ from typing import Any
 import torch
 
 from recrl.evaluation import paired_gap
+from recrl.run_folder import TEST_RETURNS_FILE  # written by every RL run beside results.json
 from recrl.stats import mean_ci95_over_seeds
-
-#: Written by every RL run (recrl/run.py) beside results.json.
-TEST_RETURNS_FILE = "test_returns.json"
 
 
 class ComparisonError(ValueError):

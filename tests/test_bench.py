@@ -16,7 +16,7 @@ import torch
 
 from recrl.data import PreprocessConfig, load_sequences
 from recrl.ranking import evaluate_ranking, most_popular_scorer, popularity_scores
-from recrl.run import with_default_env
+from recrl.build import with_default_env
 from tests.conftest import REPO_ROOT
 from tests.test_ranking import make_sequences
 

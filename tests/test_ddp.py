@@ -2,7 +2,7 @@
 
 Lightning's ``ddp`` re-executes the command line for every extra process, so training runs as a
 subprocess (``run_recrl``). Each rank writes a test-only dump (``RECRL_TEST_DUMP_RANKS``, see
-``lightning_modules/base.py``): its final weights, its own frame count and its first rollout.
+``lightning_modules/online.py``): its final weights, its own frame count and its first rollout.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.base import RANK_DUMP_ENV
+from lightning_modules.online import RANK_DUMP_ENV
 from recrl.run import log_file_suffix
 from tests.conftest import REPO_ROOT, run_recrl, run_recrl_in_process
 
@@ -142,7 +142,7 @@ def test_ddp_evaluation_meets_the_users_of_a_one_process_run(ddp_run: Path) -> N
 
     from recrl.baselines import MostPopularRecommender, RandomRecommender
     from recrl.evaluation import play_users
-    from recrl.run import build_module
+    from recrl.build import build_module
 
     results = json.loads((ddp_run / "results.json").read_text())
     for stats in (results["agent"], *results["baselines"].values()):

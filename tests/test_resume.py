@@ -3,7 +3,7 @@
 The end-to-end tests run the real entry point in subprocesses, all of them started by one
 module-scoped fixture (``runs``) in two waves of parallel processes, each limited to one thread
 (the machine has 2 cores): wave 1 runs the uninterrupted DQN and PPO runs, their twins that pause
-mid-training (test-only ``testing.pause_at_step``) and are then killed from here (DQN: SIGKILL,
+mid-training (test-only ``callbacks.run_control.pause_at_step``) and are then killed from here (DQN: SIGKILL,
 PPO: SIGTERM), and the NaN-injection run; wave 2 resumes both killed runs with ``ckpt_path=last``
 and tries to resume from a truncated checkpoint.
 
@@ -113,11 +113,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
         # Wave 1.
         runs["dqn"] = start(root / "dqn", *COMMON, *DQN)
         runs["dqn_killed"] = start(root / "dqn_killed", *COMMON, *DQN,
-                                   f"testing.pause_at_step={DQN_PAUSE}")
+                                   f"callbacks.run_control.pause_at_step={DQN_PAUSE}")
         runs["ppo"] = start(root / "ppo", *COMMON, *PPO)
         runs["ppo_stopped"] = start(root / "ppo_stopped", *COMMON, *PPO,
-                                    f"testing.pause_at_step={PPO_PAUSE}")
-        runs["nan"] = start(root / "nan", *COMMON, "algo=dqn", f"testing.inject_nan_at_step={NAN_STEP}")
+                                    f"callbacks.run_control.pause_at_step={PPO_PAUSE}")
+        runs["nan"] = start(root / "nan", *COMMON, "algo=dqn", f"callbacks.non_finite_guard.inject_nan_at_step={NAN_STEP}")
         wait_for_pause(runs["dqn_killed"])
         runs["dqn_killed"].proc.send_signal(signal.SIGKILL)  # no chance to save anything
         runs["dqn_killed"].wait()

@@ -127,7 +127,8 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
 
     from recrl.baselines import MostPopularRecommender
     from recrl.evaluation import evaluate_policy
-    from recrl.run import build_module, select_weights
+    from recrl.build import build_module
+    from recrl.results import select_weights
     from tests.conftest import REPO_ROOT
 
     run_dir = tmp_path / "run"

@@ -30,7 +30,8 @@ from recrl.encoders.text import (
     encoder_item_features,
     text_cache_key,
 )
-from recrl.run import ConfigurationError, build
+from recrl.build import build
+from recrl.checks import ConfigurationError
 from tests.conftest import ML100K, REPO_ROOT, needs_ml100k
 
 TINY_DIM = 32

@@ -1,39 +1,31 @@
-"""What every recrl RL algorithm shares, so that each algorithm's module holds only what differs.
+"""Online RL: a policy module trained from what it collects in a simulator.
 
-A ``RecommenderModule`` owns the environment factory, the collector that feeds training (through
-``recrl.collect.RolloutStream``), the running count of environment frames, and item click counts
-(the most-popular baseline is built from them). Subclasses provide the policies and turn rollouts
-into training batches.
+An ``OnlineRLModule`` adds to `PolicyModule` the collector that feeds training (through
+``recrl.collect.RolloutStream``), the running count of environment frames, item click counts
+(the ``popular`` baseline ranks them), the resume hooks of the training stream and the DDP
+reductions. Subclasses (DQN, PPO, REINFORCE) provide the collection policy and turn rollouts into
+training batches.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchrl.collectors import Collector
-from torchrl.envs import EnvBase
-from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from lightning_modules.policy import EnvFactory, PolicyModule
 from recrl.checkpointing import RESUME_KEY
 from recrl.collect import RolloutStream, rollout_dataloader
 from recrl.encoders import HistoryEncoder
-
-#: ``env_factory(num_users=..., seed=..., user_split=..., device=...)`` builds a batched
-#: recommendation environment.
-EnvFactory = Callable[..., EnvBase]
-
-#: Observation keys the encoder reads (written by every recrl environment).
-HISTORY_KEYS = ["history", "history_response", "history_watch_time"]
 
 #: Test-only: when this environment variable is set, every rank writes its final ``state_dict``,
 #: its own frame count and a fingerprint of its first rollout to ``<run folder>/rank<k>.pt``
@@ -41,8 +33,8 @@ HISTORY_KEYS = ["history", "history_response", "history_watch_time"]
 RANK_DUMP_ENV = "RECRL_TEST_DUMP_RANKS"
 
 
-class RecommenderModule(L.LightningModule):
-    """Base of the algorithm modules: environment, collection and bookkeeping.
+class OnlineRLModule(PolicyModule):
+    """Base of the online RL algorithms: collection in the simulator and its bookkeeping.
 
     Args:
         encoder: the history encoder (its item table is shared with the scoring head).
@@ -74,20 +66,14 @@ class RecommenderModule(L.LightningModule):
         max_grad_norm: float = 10.0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        if not max_grad_norm > 0:
-            raise ValueError(f"algo.max_grad_norm must be > 0, got {max_grad_norm}")
+        super().__init__(encoder, env_factory, max_grad_norm=max_grad_norm, seed=seed)
         if frames_per_batch % num_envs:
             raise ValueError(
                 f"algo.frames_per_batch ({frames_per_batch}) must be a multiple of "
                 f"algo.num_envs ({num_envs}): each rollout steps every user the same number of times"
             )
-        self.encoder = encoder
-        self.env_factory = env_factory
         self.num_envs = num_envs
         self.frames_per_batch = frames_per_batch
-        self.max_grad_norm = max_grad_norm
-        self.seed = seed
         num_items = encoder.num_items
         # Checkpointed with the model: the popularity baseline and the frame count survive resume.
         self.register_buffer("item_clicks", torch.zeros(num_items + 1))
@@ -96,25 +82,12 @@ class RecommenderModule(L.LightningModule):
         self.frames_per_s: float | None = None
         self.local_frames = 0  # frames this rank collected in this process
         self._first_rollout: dict[str, Tensor] | None = None  # for the test-only rank dump
-        #: Loss terms of the current training step (``log_loss``), checked for NaN / inf before
-        #: the optimiser applies the step (recrl.checkpointing.NonFiniteGuard).
-        self.step_losses: dict[str, Tensor] = {}
         self._stream: RolloutStream | None = None  # the live training stream
         self._stream_resume: dict | None = None  # its saved position, from a checkpoint
         #: Why a resumed run could not continue the saved simulation (None: it did, or no resume).
         self.resumed_with_fresh_users: str | None = None
 
-    @property
-    def world_size(self) -> int:
-        """Number of DDP processes training together (1 without a trainer or without DDP)."""
-        return self._trainer.world_size if self._trainer is not None else 1
-
-    # -- what an algorithm provides ---------------------------------------------------------
-    @property
-    def greedy_policy(self) -> TensorDictModuleBase:
-        """The deterministic policy that is evaluated (no exploration)."""
-        raise NotImplementedError
-
+    # -- what an online algorithm provides ----------------------------------------------------
     @property
     def collection_policy(self) -> TensorDictModuleBase:
         """The policy that acts in the training environment (with exploration)."""
@@ -140,46 +113,7 @@ class RecommenderModule(L.LightningModule):
     def load_resume_state(self, state: dict) -> None:
         """Restores what ``resume_state`` returned."""
 
-    def policy_weights(self) -> dict[str, Tensor]:
-        """The live tensors the greedy policy computes with, by name: what
-        ``evaluation.select=best`` keeps a copy of and loads back. Trained parameters by default."""
-        return dict(self.named_parameters())
-
-    #: Where the greedy policy writes its score of every item (Q-values, logits, ...).
-    score_key: str = "action_value"
-
-    @torch.no_grad()
-    def item_scores(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
-        """The greedy policy's score of every item after each ``[B, L]`` history, ``[B, N+1]``.
-
-        What offline ranking metrics rank: the policy's preference order over the catalogue.
-        """
-        mask = torch.ones(history.shape[0], self.encoder.num_items + 1, dtype=torch.bool,
-                          device=history.device)
-        mask[:, 0] = False
-        td = TensorDict(dict(zip(HISTORY_KEYS, (history, response, watch_time)),
-                             action_mask=mask), batch_size=history.shape[:1])
-        with set_exploration_type(ExplorationType.DETERMINISTIC):
-            return self.greedy_policy(td)[self.score_key]
-
     # -- shared plumbing ---------------------------------------------------------------------
-    def log_loss(self, name: str, value: Tensor, **kwargs) -> None:
-        """``self.log`` for a loss term, which is also checked for NaN / inf before the step."""
-        self.step_losses[name] = value.detach()
-        self.log(name, value, **kwargs)
-
-    def make_env(self, num_users: int, seed: int, split: str = "train") -> EnvBase:
-        """``split``: "train" users for training, "heldout" users for evaluation (simulators
-        of logged data keep them apart; synthetic users are fresh draws either way).
-
-        The env lives where the module does (the GPU under ``hardware=gpu`` / ``ddp``), so the
-        collector and the evaluation step users and policy without copying between devices. A
-        simulator on the GPU draws its users from the GPU's random generator: the same seed
-        gives the same users on every run *on that kind of device*, not the CPU's users.
-        """
-        return self.env_factory(num_users=num_users, seed=seed, user_split=split,
-                                device=self.device)
-
     def collection_seed(self) -> int:
         """Seed of this process's training users.
 
@@ -243,6 +177,28 @@ class RecommenderModule(L.LightningModule):
             torch.distributed.all_reduce(clicks, op=torch.distributed.ReduceOp.SUM)
         return clicks
 
+    # -- what the run asks -------------------------------------------------------------------
+    def training_popularity(self) -> Tensor:
+        # All ranks' clicks once training has ended (on_train_end reduces them); those of the
+        # selected step after evaluation.select=best (restore_selection).
+        return self.item_clicks
+
+    def progress(self) -> dict[str, int]:
+        return {"frames": int(self.frames)}
+
+    def selection_snapshot(self) -> dict[str, Tensor | dict[str, Tensor]]:
+        # Also the clicks `popular` ranks as far as training had got: the selected weights are
+        # then compared with the most-popular list of the same frames. All ranks' clicks
+        # together (a collective: every rank validates at the same step).
+        return {**super().selection_snapshot(),
+                "item_clicks": self.total_item_clicks().detach().to("cpu", copy=True)}
+
+    def restore_selection(self, snapshot: dict) -> None:
+        super().restore_selection(snapshot)
+        if "item_clicks" in snapshot:  # not in checkpoints written before it was kept
+            with torch.no_grad():
+                self.item_clicks.copy_(snapshot["item_clicks"])
+
     def on_train_start(self) -> None:
         # On resume every rank loads the total click counts: only rank 0 carries them on.
         if self.global_rank > 0:
@@ -285,27 +241,6 @@ class RecommenderModule(L.LightningModule):
                 "world_size": self.world_size,
                 "first_rollout": self._first_rollout,
             }, path)
-
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ) -> None:
-        """Clips to ``max_grad_norm`` and logs the norm before clipping (a divergence shows here first)."""
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
-        self.log("train/grad_norm", norm)
-
-    def adamw(self, lr: float, weight_decay: float, anneal_lr: bool) -> dict:
-        """AdamW over all parameters; with ``anneal_lr`` the rate decays linearly to 0 over
-        ``trainer.max_steps`` (Schulman et al. 2017; CleanRL's default), which settles the
-        greedy policy of a long run instead of leaving it to jump between evaluations."""
-        # A DQN target network lives in its loss module as buffers, so it is not among these.
-        optimizer = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
-        if not anneal_lr:
-            return {"optimizer": optimizer}
-        total_steps = max(1, self.trainer.max_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(0.0, 1.0 - step / total_steps)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def log_progress(self) -> None:
         """Logs frames collected and collection speed; call from ``training_step``."""
