@@ -2,7 +2,8 @@
 
     collect a rollout [num_envs, steps] with the current policy       (Collector)
     G_t = r_t + gamma * G_t+1, bootstrapped with V where the rollout cuts a session   (TD1)
-    loss = -log pi(a_t | s_t) * (G_t - V(s_t))  +  critic_coeff * (G_t - V(s_t))^2    (ReinforceLoss)
+    A_t = G_t - V(s_t), normalised over the rollout
+    loss = -log pi(a_t | s_t) * A_t  +  critic_coeff * (G_t - V(s_t))^2    (ReinforceLoss)
     one optimiser step on the whole rollout, then discard it
 
 The policy is a categorical over the items the environment's ``action_mask`` allows, with logits
@@ -70,6 +71,8 @@ class ReinforceModule(OnlineRLModule):
             self.critic(rollout)
             self.critic(rollout["next"])
             self.returns(rollout)
+        advantage = rollout["advantage"]  # normalised: the step size no longer follows the returns
+        rollout["advantage"] = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
         yield rollout.exclude("state", ("next", "state")).reshape(-1)
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> torch.Tensor:
