@@ -36,11 +36,11 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_modules.pretrain import SequencePretrainModule
 from recrl.baselines import MostPopularRecommender, MyopicOracle, RandomRecommender
 from recrl.callbacks import PeriodicEvaluation, RankingValidation, StepProgressBar
-from recrl.checkpointing import (
+from recrl.checkpoint_io import (
     BEST_CHECKPOINT, LAST_CHECKPOINT, LAST_GOOD_CHECKPOINT, AtomicCheckpointIO, CheckpointError,
-    NonFiniteError, NonFiniteGuard, RunControl, RunInterrupted, check_compatible, merge_csv_metrics,
-    read_checkpoint, resolve_ckpt_path, set_aside_csv_metrics,
+    check_compatible, merge_csv_metrics, read_checkpoint, resolve_ckpt_path, set_aside_csv_metrics,
 )
+from recrl.checkpointing import NonFiniteError, NonFiniteGuard, RunControl, RunInterrupted
 from recrl.compare import TEST_RETURNS_FILE
 from recrl.data import Sequences
 from recrl.data.formats import READERS

@@ -32,10 +32,11 @@ from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers import PrioritizedSampler, RandomSampler
 
-import recrl.checkpointing as checkpointing
+import recrl.checkpoint_io as checkpoint_io
+from recrl.checkpoint_io import RESUME_KEY, AtomicCheckpointIO
 from recrl.checkpointing import (
-    PAUSED_FILE, RESUME_KEY, AtomicCheckpointIO, collector_state, load_replay_buffer_state,
-    replay_buffer_state, restore_collector, restore_rng, rng_state, td_from_state, td_to_state,
+    PAUSED_FILE, collector_state, load_replay_buffer_state, replay_buffer_state,
+    restore_collector, restore_rng, rng_state, td_from_state, td_to_state,
 )
 from recrl.envs import InterestEvolutionEnv, uniform_valid_action
 from tests.conftest import REPO_ROOT
@@ -287,7 +288,7 @@ def test_atomic_checkpoint_write_never_leaves_a_partial_file(tmp_path: Path, mon
         f.write(b"PK\x03\x04 half a zip archive")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpointing.torch, "save", crash_mid_write)
+    monkeypatch.setattr(checkpoint_io.torch, "save", crash_mid_write)
     with pytest.raises(OSError, match="disk full"):
         io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
