@@ -28,7 +28,7 @@ from torchrl.modules import EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
 
 from lightning_modules.base import HISTORY_KEYS, EnvFactory, RecommenderModule
-from recrl.checkpointing import load_replay_buffer_state, replay_buffer_state
+from recrl.torchrl_state import load_replay_buffer_state, replay_buffer_state
 from recrl.encoders import HistoryEncoder, HistoryScorer, ItemScorer
 
 

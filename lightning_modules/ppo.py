@@ -30,7 +30,7 @@ from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
 from lightning_modules.base import HISTORY_KEYS, EnvFactory, RecommenderModule
-from recrl.checkpointing import td_from_state, td_to_state
+from recrl.torchrl_state import td_from_state, td_to_state
 from recrl.encoders import HistoryEncoder, ItemScorer
 
 #: When advantages are computed from the current value head.

@@ -27,7 +27,7 @@ from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 
-from recrl.checkpointing import (
+from recrl.torchrl_state import (
     collector_state, restore_collector, restore_rng, rng_state, td_from_state, td_to_state,
 )
 

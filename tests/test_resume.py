@@ -34,11 +34,12 @@ from torchrl.data.replay_buffers import PrioritizedSampler, RandomSampler
 
 import recrl.checkpoint_io as checkpoint_io
 from recrl.checkpoint_io import RESUME_KEY, AtomicCheckpointIO
-from recrl.checkpointing import (
-    PAUSED_FILE, collector_state, load_replay_buffer_state, replay_buffer_state,
-    restore_collector, restore_rng, rng_state, td_from_state, td_to_state,
-)
+from recrl.checkpointing import PAUSED_FILE
 from recrl.envs import InterestEvolutionEnv, uniform_valid_action
+from recrl.torchrl_state import (
+    collector_state, load_replay_buffer_state, replay_buffer_state, restore_collector, restore_rng,
+    rng_state, td_from_state, td_to_state,
+)
 from tests.conftest import REPO_ROOT
 
 #: Small runs with short sessions (time_budget 20) so that evaluations are quick.
