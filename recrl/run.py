@@ -40,7 +40,6 @@ from recrl.checkpoint_io import (
     BEST_CHECKPOINT, LAST_CHECKPOINT, LAST_GOOD_CHECKPOINT, AtomicCheckpointIO, CheckpointError,
     check_compatible, merge_csv_metrics, read_checkpoint, resolve_ckpt_path, set_aside_csv_metrics,
 )
-from recrl.checkpointing import NonFiniteError, NonFiniteGuard, RunControl, RunInterrupted
 from recrl.compare import TEST_RETURNS_FILE
 from recrl.data import Sequences
 from recrl.data.formats import READERS
@@ -51,6 +50,7 @@ from recrl.plotting import plot_evaluation_curve
 from recrl.ranking import (
     describe_protocol, evaluate_ranking, log_popularity, most_popular_scorer,
 )
+from recrl.run_control import NonFiniteError, NonFiniteGuard, RunControl, RunInterrupted
 from recrl.tracking import log_final_results, make_loggers, tracking_callbacks
 
 

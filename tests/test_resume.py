@@ -1,4 +1,5 @@
-"""Exact resume, atomic checkpoints, signals and the NaN guard (recrl/checkpointing.py).
+"""Exact resume, atomic checkpoints, signals and the NaN guard (recrl/checkpoint_io.py,
+recrl/torchrl_state.py, recrl/run_control.py).
 
 The end-to-end tests run the real entry point in subprocesses, all of them started by one
 module-scoped fixture (``runs``) in two waves of parallel processes, each limited to one thread
@@ -34,8 +35,8 @@ from torchrl.data.replay_buffers import PrioritizedSampler, RandomSampler
 
 import recrl.checkpoint_io as checkpoint_io
 from recrl.checkpoint_io import RESUME_KEY, AtomicCheckpointIO
-from recrl.checkpointing import PAUSED_FILE
 from recrl.envs import InterestEvolutionEnv, uniform_valid_action
+from recrl.run_control import PAUSED_FILE
 from recrl.torchrl_state import (
     collector_state, load_replay_buffer_state, replay_buffer_state, restore_collector, restore_rng,
     rng_state, td_from_state, td_to_state,

@@ -1,26 +1,14 @@
-"""Exact resume, atomic checkpoints, signals and the non-finite guard (docs/resuming.md).
-
-What a recrl checkpoint holds beyond Lightning's own (model with the DQN target network and the
-exploration schedule, optimiser, LR scheduler, loop counters, callback states): under
-``RESUME_KEY``, the training stream's position (the simulator's full state and random generator,
-the collector's next observation, the batches Lightning had already fetched but not trained on,
-the global RNG states (torch, numpy, Python), where the algorithm stood inside the current
-rollout) and the
-algorithm's own state (DQN: the replay buffer and the target-update counter). Everything is plain
-tensors, numbers, strings, lists and dicts, so every checkpoint loads with
-``torch.load(weights_only=True)``.
-
-Pieces:
+"""Callbacks that stop a run cleanly: on a signal, or on a NaN or inf (docs/resuming.md).
 
 - `RunControl`: on SIGTERM / SIGINT, training stops at the end of the current optimiser step,
   saves ``checkpoints/last.ckpt`` and raises `RunInterrupted` (the run folder is marked FAILED
-  with the command that resumes it).
+  with the command that resumes it). Test-only, it can also pause at a given step
+  (``testing.pause_at_step``, marked by `PAUSED_FILE`).
 - `NonFiniteGuard`: a NaN or inf in a loss term or a gradient stops the run before the optimiser
   applies it, after saving the last good state to ``checkpoints/last_good.ckpt``
   (`NonFiniteError` names the quantity and the step).
 
-Checkpoint files (atomic writes, ``ckpt_path=``) are `recrl.checkpoint_io`'s, the plain-data
-snapshots of TorchRL objects `recrl.torchrl_state`'s.
+What a checkpoint holds and how it is written and read is `recrl.checkpoint_io`'s.
 """
 
 from __future__ import annotations
