@@ -7,18 +7,99 @@ TensorDicts (`td_to_state`, `td_from_state`), the global random generators (`rng
 collector between two rollouts (`collector_state`, `restore_collector`).
 
 It is the only module of recrl that reads or writes TorchRL's private attributes (those of
-torchrl 0.14.1, the version pyproject.toml pins).
+torchrl 0.14.1, the version pyproject.toml pins). `check_torchrl_internals` checks that the
+installed TorchRL still has every one of them; the four functions that use them run it before
+their first use (once per process), so that another TorchRL version fails with one line that
+says what to do instead of saving or restoring a wrong state.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
+import torchrl
 from tensordict import TensorDict, TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data.replay_buffers import PrioritizedSampler
+
+#: The TorchRL release whose private attributes this module reads and writes.
+TORCHRL_VERSION = "0.14.1"
+
+
+# -- start-up check ---------------------------------------------------------------------------
+class TorchRLInternalsError(RuntimeError):
+    """The installed TorchRL lacks a private attribute that resuming reads or writes."""
+
+
+def check_torchrl_internals() -> None:
+    """Raises `TorchRLInternalsError` (one line: the attribute, the installed version, the fix)
+    unless the installed TorchRL has every private attribute this module relies on.
+
+    A tiny, never written replay buffer (prioritised, so that it has segment trees) shows the
+    replay buffer's; a collector needs an environment to build, so its attributes are checked
+    on the class: ``_traj_pool`` is a property of it, the others are set by its methods, whose
+    code must still name them. A few milliseconds.
+    """
+    def require(present: bool, what: str) -> None:
+        if not present:
+            raise TorchRLInternalsError(
+                f"the installed TorchRL has no {what}, which resuming reads and writes: recrl "
+                f"needs torchrl=={TORCHRL_VERSION}; this is {torchrl.__version__}: pin it "
+                f"(pip install torchrl=={TORCHRL_VERSION}) or update recrl/torchrl_state.py"
+            )
+
+    buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(1), batch_size=1,
+                                    sampler=PrioritizedSampler(1, alpha=0.6, beta=0.4))
+    for name in ("_storage", "_sampler"):
+        require(hasattr(buffer, name), f"TensorDictReplayBuffer.{name}")
+    require(hasattr(buffer._storage, "_storage"), "LazyTensorStorage._storage")
+    sampler = buffer._sampler
+    for name in ("_sum_tree", "_min_tree", "_max_capacity"):
+        require(hasattr(sampler, name), f"PrioritizedSampler.{name}")
+    # load_replay_buffer_state tells the trees' precision by their type's name.
+    require(type(sampler._sum_tree).__name__ == "SumSegmentTreeFp32",
+            "SumSegmentTreeFp32 as the type of a float32 PrioritizedSampler._sum_tree")
+    state = buffer.state_dict()
+    require("_storage" in state.get("_storage", {}),
+            'TensorDictReplayBuffer.state_dict()["_storage"]["_storage"]')
+    for name in ("_sum_tree", "_min_tree"):
+        require(name in state.get("_sampler", {}),
+                f'TensorDictReplayBuffer.state_dict()["_sampler"]["{name}"]')
+    require(hasattr(Collector, "_traj_pool"), "Collector._traj_pool")
+    named = _names_in_methods(Collector)
+    for name in ("_carrier", "_frames", "_iter", "track_traj_ids"):
+        require(name in named, f"Collector.{name}")
+
+
+def _names_in_methods(cls: type) -> set[str]:
+    """The attribute (and global) names that the code of the methods and properties of ``cls``
+    and of its TorchRL bases uses: an instance attribute they no longer set or read is missing.
+    (``co_names`` of each function: reading them is ~100x faster than disassembling.)"""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("torchrl."):
+            continue
+        for member in vars(klass).values():
+            function = member.fget if isinstance(member, property) else member
+            code = getattr(getattr(function, "__func__", function), "__code__", None)
+            if code is not None:
+                names.update(code.co_names)
+    return names
+
+
+@functools.cache
+def _require_torchrl_internals() -> None:
+    """`check_torchrl_internals`, once per process (a failed check is not remembered)."""
+    check_torchrl_internals()
+
+
+# -- snapshots --------------------------------------------------------------------------------
 
 
 def td_to_state(td: TensorDictBase) -> dict[str, Any]:
@@ -80,6 +161,7 @@ def replay_buffer_state(buffer: Any) -> dict[str, Any]:
     ``len(storage)`` rows hold data. A prioritised sampler's segment trees (C++ objects) become
     tensors of their leaves.
     """
+    _require_torchrl_internals()
     state = buffer.state_dict()
     storage = buffer._storage
     filled = len(storage)
@@ -97,6 +179,7 @@ def replay_buffer_state(buffer: Any) -> dict[str, Any]:
 
 def load_replay_buffer_state(buffer: Any, state: Mapping[str, Any]) -> None:
     """The inverse of `replay_buffer_state` (the buffer is built with the same settings)."""
+    _require_torchrl_internals()
     state = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in state.items()}
     storage_state = state["_storage"]
     capacity = storage_state.pop("recrl_capacity", None)
@@ -133,6 +216,7 @@ def collector_state(collector: Any) -> dict[str, Any]:
     Reads ``Collector`` internals (``_carrier``, ``_frames``, ``_iter``, ``_traj_pool``) of
     torchrl 0.14: its own ``state_dict`` holds neither the carrier nor the simulator's state.
     """
+    _require_torchrl_internals()
     env = collector.env
     if not hasattr(env, "simulation_state"):
         raise TypeError(f"{type(env).__name__} cannot save its state (no simulation_state())")
@@ -159,6 +243,7 @@ def restore_collector(collector: Any, state: Mapping[str, Any]) -> None:
     tensor where the collector expects it; the policy's last output, which a fresh carrier
     does not hold yet, goes to the simulator's device, where the policy made it.
     """
+    _require_torchrl_internals()
     saved = td_from_state(state["carrier"], keep_saved_device=False)  # CPU tensors, as loaded
     fresh = collector._carrier
     if saved.batch_size != fresh.batch_size:
