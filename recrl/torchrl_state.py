@@ -1,7 +1,7 @@
 """Plain-data snapshots of TorchRL and torch objects for exact resume (docs/resuming.md).
 
 A checkpoint must load with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists
-and dicts only. This module turns what a resumed run needs back into that form and restores it:
+and dicts only. This module turns what a resumed run needs into that form and back:
 TensorDicts (`td_to_state`, `td_from_state`), the global random generators (`rng_state`,
 `restore_rng`), a replay buffer (`replay_buffer_state`, `load_replay_buffer_state`) and a
 collector between two rollouts (`collector_state`, `restore_collector`).
@@ -100,8 +100,6 @@ def _require_torchrl_internals() -> None:
 
 
 # -- snapshots --------------------------------------------------------------------------------
-
-
 def td_to_state(td: TensorDictBase) -> dict[str, Any]:
     """A TensorDict as nested dicts of tensors (loadable with ``weights_only=True``)."""
     return {
