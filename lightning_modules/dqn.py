@@ -29,7 +29,7 @@ from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
 
 from lightning_modules.online import OnlineRLModule
 from lightning_modules.policy import EnvFactory
-from recrl.checkpointing import load_replay_buffer_state, replay_buffer_state
+from recrl.torchrl_state import load_replay_buffer_state, replay_buffer_state
 from recrl.encoders import HistoryEncoder, HistoryScorer, ItemScorer
 from recrl.observation import HISTORY_KEYS
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from torchrl.collectors import Collector
 
 from lightning_modules.policy import EnvFactory, PolicyModule
-from recrl.checkpointing import RESUME_KEY
+from recrl.checkpoint_io import RESUME_KEY
 from recrl.collect import RolloutStream, rollout_dataloader
 from recrl.encoders import HistoryEncoder
 
@@ -51,7 +51,7 @@ class OnlineRLModule(PolicyModule):
     of devices). ``item_clicks`` counts this rank's clicks during training and is summed over
     ranks (all-reduce) when a checkpoint is written and when training ends.
 
-    Checkpoints (single process) also hold, under ``recrl.checkpointing.RESUME_KEY``, the
+    Checkpoints (single process) also hold, under ``recrl.checkpoint_io.RESUME_KEY``, the
     training stream's position and the algorithm's own state (``resume_state``), so that a run
     resumed from one goes on exactly as the saved run would have (docs/resuming.md).
     """

@@ -31,7 +31,7 @@ from torchrl.objectives.value import GAE
 
 from lightning_modules.online import OnlineRLModule
 from lightning_modules.policy import EnvFactory
-from recrl.checkpointing import td_from_state, td_to_state
+from recrl.torchrl_state import td_from_state, td_to_state
 from recrl.encoders import HistoryEncoder, ItemScorer
 from recrl.observation import HISTORY_KEYS
 

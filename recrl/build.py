@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recrl.callbacks import EveryNSteps
-from recrl.checkpointing import AtomicCheckpointIO
+from recrl.checkpoint_io import AtomicCheckpointIO
 from recrl.checks import ConfigurationError, check_config, configuration_message
 from recrl.data import Sequences
 from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features

@@ -5,10 +5,16 @@ Lightning pulls batches from a ``DataLoader``; TorchRL pushes rollouts from a ``
 rollout into training batches with a function the algorithm supplies (DQN: extend a replay buffer
 and sample from it; PPO: advantages and minibatches).
 
-Pitfalls it is shaped around (see STACK_NOTES): the DataLoader must use ``num_workers=0`` so that
-the collector acts with the live policy weights, the environment is built lazily in
-``__iter__`` (where the DDP rank is known), and the stream never ends on its own: training stops
-at ``Trainer(max_steps=...)``, so every DDP rank yields the same number of batches.
+Pitfalls it is shaped around:
+
+- the DataLoader uses ``num_workers=0``: a worker process would hold its own copy of the policy,
+  taken when the worker started, and collect with those weights ever after; in the training
+  process the collector acts with the weights the optimiser has just updated;
+- the environment is built lazily, in ``__iter__``: only there, in the process Lightning trains
+  in, is the DDP rank known (each rank simulates its own users, seeded with its rank);
+- the stream never ends on its own: training stops at ``Trainer(max_steps=...)``, so every DDP
+  rank yields the same number of batches (a rank whose data ran out first would leave the
+  others waiting in the gradient all-reduce).
 
 Exact resume (docs/resuming.md): ``state_dict()`` snapshots the stream between two batches (the
 simulator, the collector's next observation, the batches already yielded that the training loop
@@ -27,7 +33,7 @@ from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 
-from recrl.checkpointing import (
+from recrl.torchrl_state import (
     collector_state, restore_collector, restore_rng, rng_state, td_from_state, td_to_state,
 )
 

@@ -27,13 +27,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from recrl.build import build
-from recrl.checkpointing import (
-    CheckpointError, NonFiniteError, RunInterrupted, check_compatible, merge_csv_metrics,
-    read_checkpoint, resolve_ckpt_path, set_aside_csv_metrics,
+from recrl.checkpoint_io import (
+    CheckpointError, check_compatible, merge_csv_metrics, read_checkpoint, resolve_ckpt_path,
+    set_aside_csv_metrics,
 )
 from recrl.checks import ConfigurationError
 from recrl.machine import describe_machine
 from recrl.results import FinishedRun, optimized_metric, results_tables, write_json_atomically
+from recrl.run_control import NonFiniteError, RunInterrupted
 from recrl.run_folder import (
     EVALUATION_PLOT, FAILURE_FILE, LAST_CHECKPOINT, RESULTS_FILE, TEST_RETURNS_FILE,
     checkpoint_path,

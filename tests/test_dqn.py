@@ -186,7 +186,7 @@ def test_resume_refuses_other_settings_but_not_a_setting_added_since_at_its_defa
     """check_compatible (ckpt_path=...): the same settings pass; a changed one, another model
     shape, or a setting added to recrl since the checkpoint was written but not at its default
     is refused naming the setting; an added one at its default is what the checkpoint ran with."""
-    from recrl.checkpointing import CheckpointError, check_compatible
+    from recrl.checkpoint_io import CheckpointError, check_compatible
 
     path = tmp_path / "last.ckpt"
     module = make_module()

@@ -1,4 +1,5 @@
-"""Exact resume, atomic checkpoints, signals and the NaN guard (recrl/checkpointing.py).
+"""Exact resume, atomic checkpoints, signals and the NaN guard (recrl/checkpoint_io.py,
+recrl/torchrl_state.py, recrl/run_control.py).
 
 The end-to-end tests run the real entry point in subprocesses, all of them started by one
 module-scoped fixture (``runs``) in two waves of parallel processes, each limited to one thread
@@ -28,16 +29,21 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torchrl
 from tensordict import TensorDict
+from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers import PrioritizedSampler, RandomSampler
 
-import recrl.checkpointing as checkpointing
-from recrl.checkpointing import (
-    PAUSED_FILE, RESUME_KEY, AtomicCheckpointIO, collector_state, load_replay_buffer_state,
+import recrl.checkpoint_io as checkpoint_io
+import recrl.torchrl_state as torchrl_state
+from recrl.checkpoint_io import RESUME_KEY, AtomicCheckpointIO
+from recrl.envs import InterestEvolutionEnv, uniform_valid_action
+from recrl.run_control import PAUSED_FILE
+from recrl.torchrl_state import (
+    TorchRLInternalsError, check_torchrl_internals, collector_state, load_replay_buffer_state,
     replay_buffer_state, restore_collector, restore_rng, rng_state, td_from_state, td_to_state,
 )
-from recrl.envs import InterestEvolutionEnv, uniform_valid_action
 from tests.conftest import REPO_ROOT
 
 #: Small runs with short sessions (time_budget 20) so that evaluations are quick.
@@ -287,7 +293,7 @@ def test_atomic_checkpoint_write_never_leaves_a_partial_file(tmp_path: Path, mon
         f.write(b"PK\x03\x04 half a zip archive")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpointing.torch, "save", crash_mid_write)
+    monkeypatch.setattr(checkpoint_io.torch, "save", crash_mid_write)
     with pytest.raises(OSError, match="disk full"):
         io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
@@ -405,3 +411,52 @@ def test_a_restored_carrier_keeps_each_tensor_where_the_fresh_collector_keeps_it
 
     with pytest.raises(ValueError, match=r"\[4\] users at once, this run's \[6\].*algo.num_envs"):
         restore_collector(collector(make(0, users=6), torch.arange(6)), state)
+
+
+def _without_max_capacity(monkeypatch) -> None:
+    init = PrioritizedSampler.__init__
+
+    def init_then_forget(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        del self._max_capacity
+
+    monkeypatch.setattr(PrioritizedSampler, "__init__", init_then_forget)
+
+
+def _collector_without_carrier(monkeypatch) -> None:
+    """A Collector class whose methods no longer name ``_carrier`` (nor the other attributes)."""
+    bare = type("Collector", (), {"__module__": Collector.__module__,
+                                  "_traj_pool": property(lambda self: None)})
+    monkeypatch.setattr(torchrl_state, "Collector", bare)
+
+
+@pytest.mark.parametrize("remove, attribute", [
+    (lambda monkeypatch: monkeypatch.delattr(Collector, "_traj_pool"), "Collector._traj_pool"),
+    (_collector_without_carrier, "Collector._carrier"),
+    (_without_max_capacity, "PrioritizedSampler._max_capacity"),
+])
+def test_a_torchrl_without_a_private_attribute_resume_relies_on_fails_with_one_line(
+    monkeypatch, remove, attribute: str,
+) -> None:
+    """The start-up check names the missing attribute, the installed torchrl version and the
+    fix; the snapshot functions run it before their first use (once per process while it
+    passes)."""
+    torchrl_state._require_torchrl_internals.cache_clear()
+    check_torchrl_internals()  # the installed torchrl has them all
+    remove(monkeypatch)
+    try:
+        with pytest.raises(TorchRLInternalsError) as raised:
+            check_torchrl_internals()
+        message = str(raised.value)
+        assert "\n" not in message
+        assert f"no {attribute}," in message
+        assert f"recrl needs torchrl==0.14.1; this is {torchrl.__version__}: pin it" in message
+        assert "update recrl/torchrl_state.py" in message
+        # Before the collector or the buffer is touched at all.
+        with pytest.raises(TorchRLInternalsError, match=attribute):
+            collector_state(SimpleNamespace())
+        with pytest.raises(TorchRLInternalsError, match=attribute):
+            replay_buffer_state(SimpleNamespace())
+    finally:
+        monkeypatch.undo()
+        torchrl_state._require_torchrl_internals.cache_clear()
