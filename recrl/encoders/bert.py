@@ -1,4 +1,4 @@
-"""A BERT encoder of a user's interaction history, and the catalogue scorer tied to it.
+"""A BERT encoder of a user's interaction history.
 
 The history is a sequence of (recommended item, user response) pairs. Each position is embedded as
 ``item embedding + response embedding + projected watch time``; a learned *state token* is put in
@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
+
+from recrl.encoders.pretrained import (  # noqa: F401 (bench/ imports pretraining_objective here)
+    AUTO_HEAD,
+    PRETRAINED_HEADS,
+    load_pretrained,
+    pretraining_objective,
+)
 
 log = logging.getLogger(__name__)
 
@@ -252,145 +258,3 @@ class HistoryEncoder(nn.Module):
         )
         hidden = self.contextualise(tokens, history)
         return hidden[:, self.state_position].reshape(*batch_shape, self.hidden_size)
-
-
-#: The heads of an ``algo=pretrain`` checkpoint a policy's scorer can start from, by the name
-#: ``encoder.init_scorer`` gives them, and their key prefix in the checkpoint.
-PRETRAINED_HEADS = {"rating": "rating_head.", "next_item": "next_item_head."}
-#: ``encoder.init_scorer=auto``: the first head of `PRETRAINED_HEADS` the checkpoint holds.
-AUTO_HEAD = "auto"
-
-
-def pretraining_objective(checkpoint: dict[str, Any]) -> str:
-    """The ``algo.objective`` of a loaded ``algo=pretrain`` checkpoint: it decides the encoder's
-    attention (``causal``). Checkpoints written before the choice existed were all cloze."""
-    return checkpoint.get("hyper_parameters", {}).get("objective", "cloze")
-
-
-def load_pretrained(path: str, head: str | None = None, causal: bool = False
-                    ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, str | None]:
-    """The encoder weights of an ``algo=pretrain`` checkpoint, its ``head`` (a key of
-    `PRETRAINED_HEADS`; ``"auto"``: the first of them the checkpoint holds; None: no head), and
-    that head's name.
-
-    Accepts Lightning checkpoints (``checkpoints/last.ckpt``; read with ``weights_only=True``, so
-    loading a checkpoint cannot run code) and plain state dicts. A Lightning checkpoint records
-    its pretraining objective, and an encoder whose attention (``causal``) does not fit it is
-    refused: the weights would load, and silently read the history the other way.
-    """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ValueError(
-            f"encoder.init_from={path!r}: no such file; give the checkpoint of a pretraining run "
-            "(outputs/<date>/<time>/checkpoints/last.ckpt of python -m recrl.run algo=pretrain)"
-        )
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    objective = pretraining_objective(state)
-    pretrained_causal = objective == "causal"
-    if "state_dict" in state and pretrained_causal != causal:
-        raise ValueError(
-            f"encoder.init_from={path!r} was pretrained with algo.objective={objective}, whose "
-            f"encoder attention is {'causal' if pretrained_causal else 'bidirectional'}; set "
-            f"encoder.causal={str(pretrained_causal).lower()} to read histories as it learnt to"
-        )
-    state = state.get("state_dict", state)
-    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-    if not encoder:
-        raise ValueError(
-            f"encoder.init_from={path!r} holds no encoder weights (no 'encoder.*' keys); is it "
-            "the checkpoint of an algo=pretrain run?"
-        )
-    if head is None:
-        return encoder, None, None
-    heads = {name: {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-             for name, prefix in PRETRAINED_HEADS.items()}
-    if head == AUTO_HEAD:  # a log without ratings trains no rating head
-        head = next((name for name, weights in heads.items() if weights), None)
-        if head is None:
-            raise ValueError(
-                f"encoder.init_from={path!r} has none of the heads "
-                f"{' | '.join(PRETRAINED_HEADS)}; set encoder.init_scorer=null to load its "
-                "encoder only"
-            )
-    if not heads[head]:
-        raise ValueError(
-            f"encoder.init_from={path!r} has no {head} head (a rating head is trained only on "
-            "logs with ratings and algo.rating_weight > 0); set encoder.init_scorer to "
-            f"{' | '.join(h for h in (*PRETRAINED_HEADS, AUTO_HEAD) if h != head)} or null"
-        )
-    return encoder, heads[head], head
-
-
-class ItemScorer(nn.Module):
-    """Scores every catalogue item for a state: ``score(s, a) = <W s, e_a> + b_a``.
-
-    The item vectors are the encoder's own (tied, as BERT4Rec ties its output layer), so one
-    matrix product scores the whole catalogue and item knowledge learnt on the input side is
-    reused.
-    The bias ``b_a`` lets an item's value independent of the user (e.g. its quality) be learnt
-    directly. Masking is left to the policy (TorchRL's ``action_mask_key``).
-    """
-
-    def __init__(self, encoder: HistoryEncoder) -> None:
-        super().__init__()
-        hidden_size = encoder.hidden_size
-        self.item_vectors = encoder.item_vectors  # a bound method: no second copy of the table
-        self.query = nn.Linear(hidden_size, hidden_size)
-        if encoder.item_ids:
-            self.item_bias = nn.Parameter(torch.zeros(encoder.num_items + 1))
-            self.feature_bias = None
-        else:  # items are their features: so is their bias
-            self.item_bias = None
-            self.feature_bias = nn.Linear(encoder.item_features.shape[1], 1, bias=False)
-            self._item_features = encoder.feature_matrix  # bound: follows the buffer across devices
-        #: Whether this scorer starts from a pretrained head (``encoder.init_scorer``).
-        self.from_pretrained = encoder.pretrained_scorer is not None and encoder.item_ids
-        if self.from_pretrained:
-            # Start from the pretrained head (the same function of the state).
-            self.load_state_dict(encoder.pretrained_scorer)
-
-    @torch.no_grad()
-    def scale_(self, factor: float) -> ItemScorer:
-        """Multiplies every score by ``factor`` (in place): the scorer's own weights, not the
-        shared item table, which the encoder reads too."""
-        biases = self.item_bias if self.item_bias is not None else self.feature_bias.weight
-        for weight in (self.query.weight, self.query.bias, biases):
-            weight.mul_(factor)
-        return self
-
-    def biases(self) -> Tensor:
-        """``b_a`` of every item, ``[N+1]``."""
-        if self.item_bias is not None:
-            return self.item_bias
-        return self.feature_bias(self._item_features()).squeeze(-1)
-
-    def forward(self, state: Tensor) -> Tensor:
-        """``state`` ``[..., H]`` -> scores ``[..., N+1]`` (index 0 is padding)."""
-        return self.query(state) @ self.item_vectors().T + self.biases()
-
-    def score_items(self, state: Tensor, items: Tensor) -> Tensor:
-        """Scores of given items only: ``state`` ``[..., H]``, ``items`` ``[...]`` -> ``[...]``."""
-        item_vectors = F.embedding(items, self.item_vectors())  # [..., H]
-        return (self.query(state) * item_vectors).sum(-1) + self.biases()[items]
-
-
-class HistoryScorer(nn.Module):
-    """Encoder + scorer: the whole map from an observed history to one score per item.
-
-    With ``state_value`` the scores are ``V(s) + score(s, a)`` (a dueling architecture, Wang et
-    al. 2016): how good the user's state is, which varies a lot, is learnt by one head, and the
-    item scores only have to learn how items differ, which is what decides the action.
-    """
-
-    def __init__(self, encoder: HistoryEncoder, state_value: bool = False) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.scorer = ItemScorer(encoder)
-        self.state_value = nn.Linear(encoder.hidden_size, 1) if state_value else None
-
-    def forward(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
-        state = self.encoder(history, response, watch_time)  # [..., H]
-        scores = self.scorer(state)  # [..., N+1]
-        if self.state_value is not None:
-            scores = scores + self.state_value(state)
-        return scores
