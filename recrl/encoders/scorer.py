@@ -1,7 +1,7 @@
 """Catalogue scoring tied to an encoder's item table: ``score(s, a) = <W s, e_a> + b_a``.
 
 Not part of any encoder: DQN's Q-network, PPO's policy and the pretraining heads all score the
-catalogue this way on top of the encoder that reads the history.
+catalogue this way on top of whichever `HistoryEncoderBase` reads the history.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recrl.encoders.bert import HistoryEncoder
+from recrl.encoders.base import HistoryEncoderBase
 
 
 class ItemScorer(nn.Module):
@@ -23,7 +23,7 @@ class ItemScorer(nn.Module):
     directly. Masking is left to the policy (TorchRL's ``action_mask_key``).
     """
 
-    def __init__(self, encoder: HistoryEncoder) -> None:
+    def __init__(self, encoder: HistoryEncoderBase) -> None:
         super().__init__()
         hidden_size = encoder.hidden_size
         self.item_vectors = encoder.item_vectors  # a bound method: no second copy of the table
@@ -74,7 +74,7 @@ class HistoryScorer(nn.Module):
     item scores only have to learn how items differ, which is what decides the action.
     """
 
-    def __init__(self, encoder: HistoryEncoder, state_value: bool = False) -> None:
+    def __init__(self, encoder: HistoryEncoderBase, state_value: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.scorer = ItemScorer(encoder)
