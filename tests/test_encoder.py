@@ -308,5 +308,5 @@ def test_gru_trains_through_the_entry_point(tmp_path: Path, algo: str) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["optimizer_steps"] == 20
     assert math.isfinite(results["agent"]["return_mean"])
-    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert "encoder.gru.weight_hh_l0" in saved["state_dict"]  # the GRU is what was trained
