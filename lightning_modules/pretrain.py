@@ -46,8 +46,7 @@ from torch.utils.data import DataLoader
 from lightning_modules.policy import EnvFactory, PolicyModule
 from recrl.data import Sequences, window_positions
 from recrl.encoders import HistoryEncoder, ItemScorer
-from recrl.envs.base import CLICKED, PADDING
-from recrl.envs.logged import MAX_RATING
+from recrl.observation import CLICKED, MAX_RATING, PADDING
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig

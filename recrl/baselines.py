@@ -11,7 +11,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import Tensor
 
-from recrl.envs import uniform_valid_action
+from recrl.observation import uniform_valid_action
 
 
 class RandomRecommender(TensorDictModuleBase):

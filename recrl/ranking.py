@@ -40,11 +40,10 @@ import torch
 from torch import Tensor
 
 from recrl.data import Sequences, window_positions
-from recrl.envs.base import CLICKED, PADDING
-from recrl.envs.logged import MAX_RATING
+from recrl.observation import CLICKED, MAX_RATING, PADDING
 
 #: ``score_fn(history, history_response, history_watch_time) -> scores [B, N+1]``, higher is
-#: better; column 0 (padding) is ignored. ``recrl.encoders.bert.HistoryScorer`` is one.
+#: better; column 0 (padding) is ignored. ``recrl.encoders.HistoryScorer`` is one.
 ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 #: A one-line label of each protocol, for tables and plots (keys without the ``_<n>`` suffix).

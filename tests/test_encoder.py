@@ -1,16 +1,27 @@
-"""The BERT history encoder and the tied catalogue scorer."""
+"""The history encoders (BERT, GRU) and the tied catalogue scorer."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from recrl.encoders import HistoryEncoder, HistoryScorer
+from recrl.encoders import HistoryEncoder, HistoryEncoderBase, HistoryScorer
+from recrl.encoders.gru import GRUEncoder
+from tests.conftest import SHORT_SESSIONS, run_recrl_in_process
 
 N_ITEMS, L = 50, 6
+BERT_SHAPE = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+#: Every encoder the shared tests run on, built with 32-wide states.
+ENCODERS = {
+    "bidirectional": lambda: HistoryEncoder(N_ITEMS, L, **BERT_SHAPE),
+    "causal": lambda: HistoryEncoder(N_ITEMS, L, **BERT_SHAPE, causal=True),
+    "gru": lambda: GRUEncoder(N_ITEMS, L, hidden_size=32),
+}
 
 
 def make_inputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -21,14 +32,13 @@ def make_inputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, 
     return history, response, watch_time
 
 
-@pytest.fixture(params=[False, True], ids=["bidirectional", "causal"])
-def encoder(request: pytest.FixtureRequest) -> HistoryEncoder:
+@pytest.fixture(params=list(ENCODERS))
+def encoder(request: pytest.FixtureRequest) -> HistoryEncoderBase:
     torch.manual_seed(0)
-    return HistoryEncoder(N_ITEMS, L, hidden_size=32, num_layers=1, num_heads=2,
-                          intermediate_size=64, causal=request.param).eval()
+    return ENCODERS[request.param]().eval()
 
 
-def test_shapes_over_any_leading_dims(encoder: HistoryEncoder) -> None:
+def test_shapes_over_any_leading_dims(encoder: HistoryEncoderBase) -> None:
     history, response, watch_time = make_inputs(12)
     assert encoder(history, response, watch_time).shape == (12, 32)
     nested = [t.reshape(3, 4, L) for t in (history, response, watch_time)]
@@ -39,11 +49,13 @@ def test_shapes_over_any_leading_dims(encoder: HistoryEncoder) -> None:
     assert scores.shape == (12, N_ITEMS + 1)
 
 
-def test_uses_sdpa_attention(encoder: HistoryEncoder) -> None:
+@pytest.mark.parametrize("causal", [False, True])
+def test_uses_sdpa_attention(causal: bool) -> None:
+    encoder = HistoryEncoder(N_ITEMS, L, **BERT_SHAPE, causal=causal)
     assert encoder.bert.config._attn_implementation == "sdpa"
 
 
-def test_padding_is_ignored(encoder: HistoryEncoder) -> None:
+def test_padding_is_ignored(encoder: HistoryEncoderBase) -> None:
     """Left-padded positions must not change the state, whatever junk their other fields hold."""
     history, response, watch_time = make_inputs(4)
     history[:, :3] = 0  # the first 3 positions are padding
@@ -90,20 +102,20 @@ def test_causal_positions_read_only_themselves_and_the_past() -> None:
                               outputs(bidirectional, history)[:, 0])
 
 
-def test_empty_history_gives_a_finite_state(encoder: HistoryEncoder) -> None:
+def test_empty_history_gives_a_finite_state(encoder: HistoryEncoderBase) -> None:
     zeros = torch.zeros(2, L, dtype=torch.long)
     state = encoder(zeros, zeros, torch.zeros(2, L))
     assert torch.isfinite(state).all()
 
 
-def test_state_depends_on_responses(encoder: HistoryEncoder) -> None:
+def test_state_depends_on_responses(encoder: HistoryEncoderBase) -> None:
     history, response, watch_time = make_inputs(4)
     flipped = 3 - response  # clicked <-> skipped
     assert not torch.allclose(encoder(history, response, watch_time),
                               encoder(history, flipped, watch_time))
 
 
-def test_scorer_is_tied_to_the_item_table(encoder: HistoryEncoder) -> None:
+def test_scorer_is_tied_to_the_item_table(encoder: HistoryEncoderBase) -> None:
     scorer = HistoryScorer(encoder)
     history, response, watch_time = make_inputs(3)
     state = encoder(history, response, watch_time)
@@ -116,7 +128,7 @@ def test_scorer_is_tied_to_the_item_table(encoder: HistoryEncoder) -> None:
     assert len(list(scorer.parameters())) == len(set(map(id, scorer.parameters())))
 
 
-def test_score_items_matches_full_scores(encoder: HistoryEncoder) -> None:
+def test_score_items_matches_full_scores(encoder: HistoryEncoderBase) -> None:
     scorer = HistoryScorer(encoder).scorer
     state = encoder(*make_inputs(4))
     items = torch.tensor([1, 7, 50, 3])
@@ -124,7 +136,7 @@ def test_score_items_matches_full_scores(encoder: HistoryEncoder) -> None:
                                scorer(state).gather(-1, items[:, None]).squeeze(-1))
 
 
-def test_dueling_value_shifts_every_item_equally(encoder: HistoryEncoder) -> None:
+def test_dueling_value_shifts_every_item_equally(encoder: HistoryEncoderBase) -> None:
     dueling = HistoryScorer(encoder, state_value=True)
     inputs = make_inputs(4)
     state = encoder(*inputs)
@@ -190,3 +202,111 @@ def test_items_described_by_features_alone() -> None:
     assert not torch.allclose(scores[:, 1], scores[:, 2])
     with pytest.raises(ValueError, match="item_ids"):
         HistoryEncoder(N_ITEMS, L, item_ids=False)
+
+
+# -- the GRU encoder (recrl/encoders/gru.py) -------------------------------------------------------
+def gru_encoder(**kwargs) -> GRUEncoder:
+    torch.manual_seed(0)
+    return GRUEncoder(N_ITEMS, L, hidden_size=32, **kwargs).eval()
+
+
+def test_gru_reads_only_the_past_and_its_state_reads_everything() -> None:
+    """A recurrent network is causal: changing the item at window position j changes the
+    outputs at j and after, never before, and the state (the most recent position's output)
+    depends on the oldest item too."""
+    encoder = gru_encoder(num_layers=2)
+    assert encoder.causal and encoder.state_position == -1
+    history, response, watch_time = make_inputs(3)
+    j = 3
+    changed = history.clone()
+    changed[:, j] = history[:, j] % N_ITEMS + 1
+
+    def outputs(items: torch.Tensor) -> torch.Tensor:  # [3, L+1, H], the state token's first
+        return encoder.contextualise(encoder.embed_tokens(items, response, watch_time), items)
+
+    before, after = outputs(history), outputs(changed)
+    torch.testing.assert_close(after[:, : j + 1], before[:, : j + 1])  # state token + items < j
+    assert not torch.allclose(after[:, j + 1], before[:, j + 1])
+    torch.testing.assert_close(encoder(history, response, watch_time), before[:, -1])
+    oldest = history.clone()
+    oldest[:, 0] = history[:, 0] % N_ITEMS + 1
+    assert not torch.allclose(encoder(oldest, response, watch_time),
+                              encoder(history, response, watch_time))
+
+
+def test_gru_skips_padding_wherever_it_is() -> None:
+    """The GRU steps over real items only: a left-padded window has the state of the same items
+    without the padding, padding in the middle of a window is skipped too, and an empty history's
+    state is the state token's output."""
+    encoder = gru_encoder()
+    history, response, watch_time = make_inputs(4)
+    for t in (history, response, watch_time):
+        t[:, :2] = 0  # left padding
+    unpadded = encoder(history[:, 2:], response[:, 2:], watch_time[:, 2:])
+    torch.testing.assert_close(encoder(history, response, watch_time), unpadded)
+    items = [t[:, 2:] for t in (history, response, watch_time)]  # [4, 4] each, no padding
+    gapped = [torch.zeros(4, L, dtype=t.dtype) for t in items]  # [4, L]: pad, item, pad, items
+    for full, part in zip(gapped, items):
+        full[:, [1, 3, 4, 5]] = part
+    torch.testing.assert_close(encoder(*gapped), unpadded)
+    empty = torch.zeros(2, L, dtype=torch.long)
+    state = encoder(empty, empty, torch.zeros(2, L))
+    tokens = encoder.embed_tokens(empty, empty, torch.zeros(2, L))
+    torch.testing.assert_close(state, encoder.contextualise(tokens, empty)[:, 0])
+
+
+def test_gru_keeps_the_shared_tables_and_loads_from_a_checkpoint(tmp_path: Path) -> None:
+    """Its own parameters sit beside the base class's tables, and ``init_from`` reads a
+    checkpoint of the same encoder (what ``algo=pretrain`` writes under ``encoder.``)."""
+    encoder = gru_encoder()
+    names = {name.split(".")[0] for name in encoder.state_dict()}
+    assert names == {"input_norm", "gru", "item_embedding", "response_embedding",
+                     "watch_time_projection", "state_token"}
+    head = HistoryScorer(encoder).scorer
+    path = tmp_path / "pretrained.pt"
+    torch.save({**{f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+                **{f"next_item_head.{k}": v for k, v in head.state_dict().items()}}, path)
+    torch.manual_seed(1)
+    loaded = GRUEncoder(N_ITEMS, L, hidden_size=32, init_from=str(path))
+    for key, value in encoder.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+    assert loaded.pretrained_scorer_head == "next_item"
+    with pytest.raises(ValueError, match="does not fit"):
+        GRUEncoder(N_ITEMS, L, hidden_size=16, init_from=str(path))
+
+
+def test_gru_learns_the_next_item() -> None:
+    """A few Adam steps on a learnable rule (the next item is the last one + 1) lower the
+    next-item cross-entropy a lot: gradients reach the GRU and the tied item table."""
+    torch.manual_seed(0)
+    encoder = GRUEncoder(N_ITEMS, L, hidden_size=32)
+    scorer = HistoryScorer(encoder)
+    optimizer = torch.optim.Adam(scorer.parameters(), lr=0.03)
+    g = torch.Generator().manual_seed(0)
+    start = torch.randint(1, N_ITEMS - L, (256,), generator=g)
+    history = start[:, None] + torch.arange(L)  # [256, L], consecutive items
+    history[:64, :2] = 0  # some left padding too
+    response = torch.where(history != 0, 2, 0)
+    watch_time = (response == 2).float()
+    target = history[:, -1] + 1  # [256]
+    losses = []
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(scorer(history, response, watch_time), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0]
+    assert all(p.grad is not None for p in encoder.gru.parameters())
+
+
+@pytest.mark.parametrize("algo", ["dqn", "ppo"])
+def test_gru_trains_through_the_entry_point(tmp_path: Path, algo: str) -> None:
+    """``python -m recrl.run encoder=gru debug=smoke`` (and with ``algo=ppo``) runs to the end."""
+    assert run_recrl_in_process(tmp_path, "encoder=gru", "debug=smoke", SHORT_SESSIONS,
+                                f"algo={algo}") is None
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["optimizer_steps"] == 20
+    assert math.isfinite(results["agent"]["return_mean"])
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert "encoder.gru.weight_hh_l0" in saved["state_dict"]  # the GRU is what was trained

@@ -1,10 +1,9 @@
-"""A BERT encoder of a user's interaction history, and the catalogue scorer tied to it.
+"""A BERT backbone over the history (`HistoryEncoder`): the default encoder.
 
-The history is a sequence of (recommended item, user response) pairs. Each position is embedded as
-``item embedding + response embedding + projected watch time``; a learned *state token* is put in
-front (like BERT's ``[CLS]``) and its output is the user's state. The state token is always
-attended to, so a user with an empty history (just reset) still gets a well-defined state instead
-of an all-masked attention row.
+Every position attends to every real position and to the state token (like BERT's ``[CLS]``),
+whose output is the user's state. The state token is always attended to, so a user with an empty
+history (just reset) still gets a well-defined state instead of an all-masked attention row.
+Tokens, the item table and the state token are the base class's (`recrl.encoders.base`).
 
 With ``causal=True`` each position attends only to itself and the positions before it (SASRec's
 attention, Kang & McAuley 2018), so every position's output can be trained to predict the item
@@ -14,27 +13,23 @@ the output at the most recent position, the only one that reads the whole window
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import BertConfig, BertModel
 
-log = logging.getLogger(__name__)
+from recrl.encoders.base import HistoryEncoderBase
 
-#: Response codes written by the environments (``history_response``).
-NUM_RESPONSE_CODES = 3  # 0 = padding, 1 = shown and skipped, 2 = clicked
+# bench/ reads a checkpoint's objective from here; it lives in recrl/encoders/pretrained.py.
+from recrl.encoders.pretrained import pretraining_objective  # noqa: F401
 
 
-class HistoryEncoder(nn.Module):
-    """Encodes ``[..., L]`` histories into ``[..., hidden_size]`` user states with a ``BertModel``.
+class HistoryEncoder(HistoryEncoderBase):
+    """A `HistoryEncoderBase` whose backbone is a ``BertModel`` (``self.bert``; sdpa attention).
 
     Args:
-        num_items: catalogue size N; item ids are ``1..N`` and ``0`` is padding.
-        history_length: L, the number of past recommendations the encoder sees.
+        num_items, history_length, item_features, item_ids, init_from, init_scorer: as
+            `HistoryEncoderBase`.
         hidden_size, num_layers, num_heads, intermediate_size: the BERT shape (a randomly
             initialised BERT of that shape is built when ``pretrained_path`` is ``None``).
         dropout: BERT's hidden and attention dropout. 0 by default: dropout in a value network
@@ -42,27 +37,12 @@ class HistoryEncoder(nn.Module):
         pretrained_path: a local folder with Hugging Face BERT weights (``config.json`` +
             weights). Its transformer layers are loaded offline; the shape arguments are then
             taken from its config. Nothing is ever downloaded.
-        item_features: public catalogue metadata ``[N+1, F]`` from the environment (e.g. topics),
-            or None. An item's vector is then its id embedding plus a learnt projection of its
-            features, so what is learnt about one item carries over to items like it.
-        item_ids: learn an embedding per item id. False (only with ``item_features``) describes
-            items by their features alone: far fewer parameters, but items that share features
-            become indistinguishable (on the synthetic simulator DQN did worse this way).
-        init_from: a checkpoint of ``algo=pretrain`` (BERT4Rec-style cloze pretraining,
-            ``lightning_modules/pretrain.py``) to start from: every encoder weight is loaded, and
-            the head named by ``init_scorer`` is kept in ``pretrained_scorer`` for the
-            `ItemScorer` built on this encoder. The encoder's shape, catalogue and item features
-            must match.
-        init_scorer: with ``init_from``, which pretrained head the policy's item scorer starts
-            from: ``"rating"`` (the predicted rating of each item: a myopic reward estimate),
-            ``"next_item"`` (how likely each item comes next), ``"auto"`` (the rating head where
-            the checkpoint has one, else the next-item head: logs without ratings train no
-            rating head), or None (the encoder only; the scorer starts from scratch; False means
-            the same, True ``"next_item"``). ``pretrained_scorer_head`` says which was loaded.
         causal: causal attention (module docstring): what ``algo=pretrain
             algo.objective=causal`` trains, and what an RL run started from such a checkpoint
             must use too (a mismatch with ``init_from`` is refused).
     """
+
+    bert: BertModel
 
     def __init__(
         self,
@@ -80,75 +60,17 @@ class HistoryEncoder(nn.Module):
         init_scorer: str | bool | None = "auto",
         causal: bool = False,
     ) -> None:
-        super().__init__()
-        if not item_ids and item_features is None:
-            raise ValueError(
-                "encoder.item_ids=false needs item features from the environment (e.g. "
-                "env.observe_topics=true): items would have no representation at all"
-            )
-        if num_items < 1:
-            raise ValueError(f"encoder: num_items must be >= 1, got {num_items}")
-        if history_length < 1:
-            raise ValueError(f"encoder: history_length must be >= 1, got {history_length}")
-        if init_scorer is False:  # encoder.init_scorer=false on the command line: as null
-            init_scorer = None
-        if init_scorer is True:  # what true meant before the rating head existed
-            init_scorer = "next_item"
-        if init_scorer not in (*PRETRAINED_HEADS, AUTO_HEAD) and init_scorer is not None:
-            raise ValueError(
-                f"encoder.init_scorer={init_scorer!r}: choose {' | '.join(PRETRAINED_HEADS)} | "
-                f"{AUTO_HEAD} or null (the encoder only)"
-            )
-        self.causal = causal
-        self.bert = self._build_bert(
+        # The shared checks first: a BERT-base is not built for arguments that fail them.
+        self.check_arguments(num_items, history_length, item_features, item_ids, init_scorer)
+        bert = self._build_bert(
             history_length, hidden_size, num_layers, num_heads, intermediate_size, dropout,
             pretrained_path, causal,
         )
-        hidden_size = self.bert.config.hidden_size
-        self.hidden_size = hidden_size
-        self.num_items = num_items
-        self.history_length = history_length
-        self.item_ids = item_ids
-        self.item_embedding = (
-            nn.Embedding(num_items + 1, hidden_size, padding_idx=0) if item_ids else None
+        super().__init__(
+            num_items, history_length, bert.config.hidden_size, backbone={"bert": bert},
+            causal=causal, item_features=item_features, item_ids=item_ids, init_from=init_from,
+            init_scorer=init_scorer,
         )
-        self.response_embedding = nn.Embedding(NUM_RESPONSE_CODES, hidden_size)
-        self.watch_time_projection = nn.Linear(1, hidden_size)
-        self.state_token = nn.Parameter(torch.zeros(hidden_size))
-        if item_features is not None:
-            if item_features.shape[0] != num_items + 1:
-                raise ValueError(
-                    f"item_features has {item_features.shape[0]} rows, expected num_items + 1 = "
-                    f"{num_items + 1} (row 0 is padding)"
-                )
-            self.register_buffer("item_features", item_features.detach().float().clone())
-            self.feature_projection = nn.Linear(item_features.shape[1], hidden_size, bias=False)
-        else:
-            self.item_features = None
-            self.feature_projection = None
-        if self.item_embedding is not None:
-            nn.init.normal_(self.item_embedding.weight, std=0.02)
-            with torch.no_grad():
-                self.item_embedding.weight[0] = 0.0  # the padding id stays a zero vector
-        nn.init.normal_(self.state_token, std=0.02)
-        #: The pretrained head's weights, for `ItemScorer` (None without init_from), and which
-        #: head of `PRETRAINED_HEADS` they are.
-        self.pretrained_scorer: dict[str, Tensor] | None = None
-        self.pretrained_scorer_head: str | None = None
-        if init_from is not None:
-            encoder_state, self.pretrained_scorer, self.pretrained_scorer_head = load_pretrained(
-                init_from, init_scorer, causal)
-            if init_scorer == AUTO_HEAD:
-                log.info("encoder.init_scorer=auto: the policy's scorer starts from the %s head "
-                         "of %s", self.pretrained_scorer_head, init_from)
-            try:
-                self.load_state_dict(encoder_state)
-            except RuntimeError as err:
-                raise ValueError(
-                    f"encoder.init_from={init_from}: the checkpoint does not fit this encoder (it "
-                    "was pretrained with another encoder size, catalogue or item features; use the "
-                    f"same env and encoder settings as the pretraining run): {err}"
-                ) from None
 
     @staticmethod
     def _build_bert(
@@ -200,197 +122,6 @@ class HistoryEncoder(nn.Module):
         )
         return BertModel(config, add_pooling_layer=False)
 
-    def feature_matrix(self) -> Tensor | None:
-        """The item features ``[N+1, F]`` this encoder was given (a buffer), or None."""
-        return self.item_features
-
-    def item_vectors(self) -> Tensor:
-        """Every item's vector, ``[N+1, H]``: id embedding and/or projected features."""
-        if self.item_embedding is None:
-            return self.feature_projection(self.item_features)
-        vectors = self.item_embedding.weight
-        if self.feature_projection is not None:
-            vectors = vectors + self.feature_projection(self.item_features)
-        return vectors
-
-    def embed_tokens(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
-        """``[B, L]`` history, responses and watch times -> input tokens ``[B, L, H]``."""
-        watch_time = watch_time.unsqueeze(-1).to(self.state_token.dtype)
-        return (
-            F.embedding(history, self.item_vectors())
-            + self.response_embedding(response)
-            + self.watch_time_projection(watch_time)
-        )
-
-    @property
-    def state_position(self) -> int:
-        """Which output of `contextualise` is the user's state: the state token's (0), or with
-        causal attention the most recent position's (-1), the only one that reads everything."""
-        return -1 if self.causal else 0
-
-    def contextualise(self, tokens: Tensor, history: Tensor) -> Tensor:
-        """Tokens ``[B, L, H]`` -> BERT outputs ``[B, L+1, H]``, the state token's first.
-
-        Padding positions (``history == 0``) are not attended to. Split from `forward` so that
-        pretraining can replace some tokens (masked items) before the transformer reads them,
-        and read every position's output (the causal objective).
-        """
-        state_token = self.state_token.expand(tokens.shape[0], 1, -1)  # [B, 1, H]
-        inputs = torch.cat([state_token, tokens], dim=1)  # [B, L+1, H]
-        attention_mask = torch.cat(
-            [torch.ones_like(history[:, :1]), (history != 0).long()], dim=1
-        )  # [B, L+1]
-        return self.bert(inputs_embeds=inputs, attention_mask=attention_mask).last_hidden_state
-
-    def forward(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
-        """``history``/``response`` ``[..., L]`` long, ``watch_time`` ``[..., L]`` float -> ``[..., H]``."""
-        batch_shape = history.shape[:-1]
-        length = history.shape[-1]
-        history = history.reshape(-1, length)  # [B, L]
-        tokens = self.embed_tokens(
-            history, response.reshape(-1, length), watch_time.reshape(-1, length)
-        )
-        hidden = self.contextualise(tokens, history)
-        return hidden[:, self.state_position].reshape(*batch_shape, self.hidden_size)
-
-
-#: The heads of an ``algo=pretrain`` checkpoint a policy's scorer can start from, by the name
-#: ``encoder.init_scorer`` gives them, and their key prefix in the checkpoint.
-PRETRAINED_HEADS = {"rating": "rating_head.", "next_item": "next_item_head."}
-#: ``encoder.init_scorer=auto``: the first head of `PRETRAINED_HEADS` the checkpoint holds.
-AUTO_HEAD = "auto"
-
-
-def pretraining_objective(checkpoint: dict[str, Any]) -> str:
-    """The ``algo.objective`` of a loaded ``algo=pretrain`` checkpoint: it decides the encoder's
-    attention (``causal``). Checkpoints written before the choice existed were all cloze."""
-    return checkpoint.get("hyper_parameters", {}).get("objective", "cloze")
-
-
-def load_pretrained(path: str, head: str | None = None, causal: bool = False
-                    ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, str | None]:
-    """The encoder weights of an ``algo=pretrain`` checkpoint, its ``head`` (a key of
-    `PRETRAINED_HEADS`; ``"auto"``: the first of them the checkpoint holds; None: no head), and
-    that head's name.
-
-    Accepts Lightning checkpoints (``checkpoints/last.ckpt``; read with ``weights_only=True``, so
-    loading a checkpoint cannot run code) and plain state dicts. A Lightning checkpoint records
-    its pretraining objective, and an encoder whose attention (``causal``) does not fit it is
-    refused: the weights would load, and silently read the history the other way.
-    """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ValueError(
-            f"encoder.init_from={path!r}: no such file; give the checkpoint of a pretraining run "
-            "(outputs/<date>/<time>/checkpoints/last.ckpt of python -m recrl.run algo=pretrain)"
-        )
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    objective = pretraining_objective(state)
-    pretrained_causal = objective == "causal"
-    if "state_dict" in state and pretrained_causal != causal:
-        raise ValueError(
-            f"encoder.init_from={path!r} was pretrained with algo.objective={objective}, whose "
-            f"encoder attention is {'causal' if pretrained_causal else 'bidirectional'}; set "
-            f"encoder.causal={str(pretrained_causal).lower()} to read histories as it learnt to"
-        )
-    state = state.get("state_dict", state)
-    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-    if not encoder:
-        raise ValueError(
-            f"encoder.init_from={path!r} holds no encoder weights (no 'encoder.*' keys); is it "
-            "the checkpoint of an algo=pretrain run?"
-        )
-    if head is None:
-        return encoder, None, None
-    heads = {name: {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-             for name, prefix in PRETRAINED_HEADS.items()}
-    if head == AUTO_HEAD:  # a log without ratings trains no rating head
-        head = next((name for name, weights in heads.items() if weights), None)
-        if head is None:
-            raise ValueError(
-                f"encoder.init_from={path!r} has none of the heads "
-                f"{' | '.join(PRETRAINED_HEADS)}; set encoder.init_scorer=null to load its "
-                "encoder only"
-            )
-    if not heads[head]:
-        raise ValueError(
-            f"encoder.init_from={path!r} has no {head} head (a rating head is trained only on "
-            "logs with ratings and algo.rating_weight > 0); set encoder.init_scorer to "
-            f"{' | '.join(h for h in (*PRETRAINED_HEADS, AUTO_HEAD) if h != head)} or null"
-        )
-    return encoder, heads[head], head
-
-
-class ItemScorer(nn.Module):
-    """Scores every catalogue item for a state: ``score(s, a) = <W s, e_a> + b_a``.
-
-    The item vectors are the encoder's own (tied, as BERT4Rec ties its output layer), so one
-    matrix product scores the whole catalogue and item knowledge learnt on the input side is
-    reused.
-    The bias ``b_a`` lets an item's value independent of the user (e.g. its quality) be learnt
-    directly. Masking is left to the policy (TorchRL's ``action_mask_key``).
-    """
-
-    def __init__(self, encoder: HistoryEncoder) -> None:
-        super().__init__()
-        hidden_size = encoder.hidden_size
-        self.item_vectors = encoder.item_vectors  # a bound method: no second copy of the table
-        self.query = nn.Linear(hidden_size, hidden_size)
-        if encoder.item_ids:
-            self.item_bias = nn.Parameter(torch.zeros(encoder.num_items + 1))
-            self.feature_bias = None
-        else:  # items are their features: so is their bias
-            self.item_bias = None
-            self.feature_bias = nn.Linear(encoder.item_features.shape[1], 1, bias=False)
-            self._item_features = encoder.feature_matrix  # bound: follows the buffer across devices
-        #: Whether this scorer starts from a pretrained head (``encoder.init_scorer``).
-        self.from_pretrained = encoder.pretrained_scorer is not None and encoder.item_ids
-        if self.from_pretrained:
-            # Start from the pretrained head (the same function of the state).
-            self.load_state_dict(encoder.pretrained_scorer)
-
-    @torch.no_grad()
-    def scale_(self, factor: float) -> ItemScorer:
-        """Multiplies every score by ``factor`` (in place): the scorer's own weights, not the
-        shared item table, which the encoder reads too."""
-        biases = self.item_bias if self.item_bias is not None else self.feature_bias.weight
-        for weight in (self.query.weight, self.query.bias, biases):
-            weight.mul_(factor)
-        return self
-
-    def biases(self) -> Tensor:
-        """``b_a`` of every item, ``[N+1]``."""
-        if self.item_bias is not None:
-            return self.item_bias
-        return self.feature_bias(self._item_features()).squeeze(-1)
-
-    def forward(self, state: Tensor) -> Tensor:
-        """``state`` ``[..., H]`` -> scores ``[..., N+1]`` (index 0 is padding)."""
-        return self.query(state) @ self.item_vectors().T + self.biases()
-
-    def score_items(self, state: Tensor, items: Tensor) -> Tensor:
-        """Scores of given items only: ``state`` ``[..., H]``, ``items`` ``[...]`` -> ``[...]``."""
-        item_vectors = F.embedding(items, self.item_vectors())  # [..., H]
-        return (self.query(state) * item_vectors).sum(-1) + self.biases()[items]
-
-
-class HistoryScorer(nn.Module):
-    """Encoder + scorer: the whole map from an observed history to one score per item.
-
-    With ``state_value`` the scores are ``V(s) + score(s, a)`` (a dueling architecture, Wang et
-    al. 2016): how good the user's state is, which varies a lot, is learnt by one head, and the
-    item scores only have to learn how items differ, which is what decides the action.
-    """
-
-    def __init__(self, encoder: HistoryEncoder, state_value: bool = False) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.scorer = ItemScorer(encoder)
-        self.state_value = nn.Linear(encoder.hidden_size, 1) if state_value else None
-
-    def forward(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
-        state = self.encoder(history, response, watch_time)  # [..., H]
-        scores = self.scorer(state)  # [..., N+1]
-        if self.state_value is not None:
-            scores = scores + self.state_value(state)
-        return scores
+    def _backbone(self, inputs: Tensor, mask: Tensor) -> Tensor:
+        """BERT over ``[B, L+1, H]`` inputs; padding (``mask`` False) is not attended to."""
+        return self.bert(inputs_embeds=inputs, attention_mask=mask.long()).last_hidden_state

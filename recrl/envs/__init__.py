@@ -1,8 +1,12 @@
 """Batched recommendation environments: `RecEnv` plus swappable user models."""
 
-from recrl.envs.base import RecEnv, UserResponse, UserResponseModel, uniform_valid_action
+from recrl.envs.base import RecEnv, UserResponse, UserResponseModel
 from recrl.envs.interest_evolution import InterestEvolutionEnv, InterestEvolutionUsers
 from recrl.envs.logged import LoggedEnv, LoggedUsers
+
+# Not a simulator's (recrl/observation.py); exported here too because tests and bench/ drive the
+# simulators with it.
+from recrl.observation import uniform_valid_action
 
 __all__ = [
     "InterestEvolutionEnv",

@@ -20,13 +20,12 @@ from torch import Tensor
 from torchrl.data import Binary, Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-__all__ = ["MASK_SCOPES", "RecEnv", "UserResponse", "UserResponseModel", "uniform_valid_action"]
+from recrl.observation import CLICKED, PADDING, SHOWN
+
+__all__ = ["MASK_SCOPES", "RecEnv", "UserResponse", "UserResponseModel"]
 
 #: What ``mask_history`` masks: the items in the visible window, or every item of the episode.
 MASK_SCOPES = ("window", "episode")
-
-# Codes of the "history_response" observation.
-PADDING, SHOWN, CLICKED = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -364,32 +363,6 @@ class RecEnv(EnvBase):
         `UserResponseModel.expected_watch_time`.
         """
         return self.users.expected_watch_time().masked_fill(~self._action_mask, float("-inf"))
-
-
-def uniform_valid_action(
-    action_mask: Tensor, generator: torch.Generator | None = None, max_rounds: int = 8
-) -> Tensor:
-    """Sample one valid item per row of ``action_mask`` ([B, N+1] bool) uniformly, [B] int64.
-
-    Rejection sampling needs O(B) memory per round (a multinomial over the mask would
-    materialise a [B, N+1] float tensor: 6.4 GB for 16k users x 100k items). Rows still
-    invalid after ``max_rounds`` (masks with few valid items) fall back to a multinomial over
-    those rows only.
-    """
-    B, n = action_mask.shape
-    rows = torch.arange(B, device=action_mask.device)
-    action = torch.randint(1, n, (B,), generator=generator, device=action_mask.device)
-    for _ in range(max_rounds):
-        bad = ~action_mask[rows, action]  # [B]
-        if not bad.any():
-            return action
-        redraw = torch.randint(1, n, (B,), generator=generator, device=action_mask.device)
-        action = torch.where(bad, redraw, action)
-    bad = ~action_mask[rows, action]
-    if bad.any():
-        picked = torch.multinomial(action_mask[bad].float(), 1, generator=generator)
-        action[bad] = picked.squeeze(1)
-    return action
 
 
 def check_param(name: str, value: float, low: float, *, strict: bool = False) -> None:

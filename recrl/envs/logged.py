@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recrl.data import PreprocessConfig, Sequences, load_sequences, window_positions
-from recrl.envs.base import CLICKED, PADDING, RecEnv, UserResponse, UserResponseModel, check_param
-
-MAX_RATING = 5.0
+from recrl.envs.base import RecEnv, UserResponse, UserResponseModel, check_param
+from recrl.observation import CLICKED, MAX_RATING, PADDING
 
 
 @dataclass(frozen=True)
