@@ -30,7 +30,7 @@ from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
 from lightning_modules.online import OnlineRLModule
 from lightning_modules.policy import EnvFactory
 from recrl.torchrl_state import load_replay_buffer_state, replay_buffer_state
-from recrl.encoders import HistoryEncoder, HistoryScorer, ItemScorer
+from recrl.encoders import HistoryEncoderBase, HistoryScorer, ItemScorer
 from recrl.observation import HISTORY_KEYS
 
 
@@ -64,7 +64,7 @@ class DQNModule(OnlineRLModule):
 
     def __init__(
         self,
-        encoder: HistoryEncoder,
+        encoder: HistoryEncoderBase,
         env_factory: EnvFactory,
         *,
         num_envs: int = 8,

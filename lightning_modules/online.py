@@ -25,7 +25,7 @@ from torchrl.collectors import Collector
 from lightning_modules.policy import EnvFactory, PolicyModule
 from recrl.checkpoint_io import RESUME_KEY
 from recrl.collect import RolloutStream, rollout_dataloader
-from recrl.encoders import HistoryEncoder
+from recrl.encoders import HistoryEncoderBase
 
 #: Test-only: when this environment variable is set, every rank writes its final ``state_dict``,
 #: its own frame count and a fingerprint of its first rollout to ``<run folder>/rank<k>.pt``
@@ -58,7 +58,7 @@ class OnlineRLModule(PolicyModule):
 
     def __init__(
         self,
-        encoder: HistoryEncoder,
+        encoder: HistoryEncoderBase,
         env_factory: EnvFactory,
         *,
         num_envs: int,

@@ -23,7 +23,7 @@ from torch import Tensor
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from recrl.encoders import HistoryEncoder
+from recrl.encoders import HistoryEncoderBase
 from recrl.observation import HISTORY_KEYS
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class PolicyModule(L.LightningModule):
     #: Where the greedy policy writes its score of every item (Q-values, logits, ...).
     score_key: str = "action_value"
 
-    def __init__(self, encoder: HistoryEncoder, env_factory: EnvFactory, *,
+    def __init__(self, encoder: HistoryEncoderBase, env_factory: EnvFactory, *,
                  max_grad_norm: float | None = None, seed: int = 0) -> None:
         super().__init__()
         if max_grad_norm is not None and not max_grad_norm > 0:

@@ -32,7 +32,7 @@ from torchrl.objectives.value import GAE
 from lightning_modules.online import OnlineRLModule
 from lightning_modules.policy import EnvFactory
 from recrl.torchrl_state import td_from_state, td_to_state
-from recrl.encoders import HistoryEncoder, ItemScorer
+from recrl.encoders import HistoryEncoderBase, ItemScorer
 from recrl.observation import HISTORY_KEYS
 
 #: When advantages are computed from the current value head.
@@ -49,7 +49,7 @@ class PPOModule(OnlineRLModule):
 
     def __init__(
         self,
-        encoder: HistoryEncoder,
+        encoder: HistoryEncoderBase,
         env_factory: EnvFactory,
         *,
         num_envs: int = 32,

@@ -17,7 +17,7 @@ window): L targets per window instead of one and a few masked ones.
     loss = mean over window positions i of CE(item i+1 | items <= i)  +  rating_weight * (...)^2
 
 Every prediction scores the whole catalogue through `ItemScorer` heads tied to the encoder's
-item table. The next-item head reads the user's state (`HistoryEncoder.state_position`), exactly
+item table. The next-item head reads the user's state (`HistoryEncoderBase.state_position`), exactly
 as the RL policies do, so an RL run started from this checkpoint (``encoder.init_from=...``)
 begins with a policy that already recommends plausible next items. The rating head (logs with
 ratings only) is the reward's own signal in the log: how much the user liked the item that came
@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from lightning_modules.policy import EnvFactory, PolicyModule
 from recrl.data import Sequences, window_positions
-from recrl.encoders import HistoryEncoder, ItemScorer
+from recrl.encoders import HistoryEncoderBase, ItemScorer
 from recrl.observation import CLICKED, MAX_RATING, PADDING
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ OBJECTIVES = ("cloze", "causal")
 
 
 class SequencePretrainModule(PolicyModule):
-    """Self-supervised pretraining of a `HistoryEncoder`, BERT4Rec's or SASRec's way (module
+    """Self-supervised pretraining of a `HistoryEncoderBase`, BERT4Rec's or SASRec's way (module
     docstring).
 
     Args:
@@ -139,7 +139,7 @@ class SequencePretrainModule(PolicyModule):
 
     def __init__(
         self,
-        encoder: HistoryEncoder,
+        encoder: HistoryEncoderBase,
         env_factory: EnvFactory,
         *,
         objective: str = "cloze",

@@ -24,7 +24,7 @@ from torchrl.objectives.value import TD1Estimator
 
 from lightning_modules.online import OnlineRLModule
 from lightning_modules.policy import EnvFactory
-from recrl.encoders import HistoryEncoder, HistoryScorer
+from recrl.encoders import HistoryEncoderBase, HistoryScorer
 from recrl.observation import HISTORY_KEYS
 
 
@@ -33,7 +33,7 @@ class ReinforceModule(OnlineRLModule):
 
     score_key = "logits"
 
-    def __init__(self, encoder: HistoryEncoder, env_factory: EnvFactory, *, num_envs: int = 16,
+    def __init__(self, encoder: HistoryEncoderBase, env_factory: EnvFactory, *, num_envs: int = 16,
                  frames_per_batch: int = 512, gamma: float = 0.99, critic_coeff: float = 0.5,
                  reward_scale: float = 0.1, lr: float = 3e-4, max_grad_norm: float = 1.0,
                  seed: int = 0) -> None:

@@ -51,9 +51,9 @@ class RunControl(Checkpoint):
     of the same step would hold. Before training starts (imports, setup, first evaluation) and
     after it ends the usual handlers apply.
 
-    ``pause_at_step`` is test-only (``callbacks.run_control.pause_at_step``): after that step's callbacks, write
-    ``<run folder>/PAUSED`` and wait for a signal, so that a test can kill the run at a known
-    point of training.
+    ``pause_at_step`` is test-only (``callbacks.run_control.pause_at_step``): after that step's
+    callbacks, write ``<run folder>/PAUSED`` and wait for a signal, so that a test can kill the
+    run at a known point of training.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -145,8 +145,9 @@ class NonFiniteGuard(L.Callback):
     weights, optimiser and counters are still those of the previous step) and raise
     `NonFiniteError`. Steps count from 1: the error at step k leaves the state after k - 1 steps.
 
-    ``inject_nan_at_step`` is test-only (``callbacks.non_finite_guard.inject_nan_at_step``): that step's encoder output
-    is multiplied by NaN, so the NaN travels the real path (loss, then gradients).
+    ``inject_nan_at_step`` is test-only (``callbacks.non_finite_guard.inject_nan_at_step``): that
+    step's response embeddings are multiplied by NaN, so the NaN travels the real path (tokens,
+    loss, then gradients) in every algorithm.
     """
 
     def __init__(self, last_good: Path | None, inject_nan_at_step: int | None = None) -> None:
@@ -157,7 +158,9 @@ class NonFiniteGuard(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
         if self.inject_nan_at_step is not None and trainer.global_step + 1 == self.inject_nan_at_step:
-            self._hook = pl_module.encoder.register_forward_hook(_times_nan)
+            # On the response embedding, which every encoder's tokens go through, in RL and in
+            # pretraining (which contextualises tokens without the encoder's forward).
+            self._hook = pl_module.encoder.response_embedding.register_forward_hook(_times_nan)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
         self._remove_hook()

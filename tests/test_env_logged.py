@@ -9,7 +9,7 @@ import torch
 from torchrl.envs.utils import check_env_specs
 
 from recrl.envs import LoggedEnv
-from recrl.envs.base import CLICKED, PADDING
+from recrl.observation import CLICKED, PADDING
 from tests.conftest import ML100K, needs_ml100k
 
 NUM_USERS, NUM_ITEMS, PER_USER = 40, 30, 12

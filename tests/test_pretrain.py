@@ -19,7 +19,7 @@ from recrl.callbacks import RankingValidation
 from recrl.data import Sequences
 from recrl.encoders import HistoryEncoder, ItemScorer
 from recrl.envs import InterestEvolutionEnv
-from recrl.envs.base import CLICKED, PADDING
+from recrl.observation import CLICKED, PADDING
 from tests.conftest import ML100K, needs_ml100k, run_recrl, run_recrl_in_process
 from tests.test_bench import load_bench
 
@@ -532,3 +532,19 @@ def test_causal_pretraining_through_the_entry_point_and_rl_from_it(tmp_path: Pat
                                       *data])
     load_bench("pretrained_policy").main()
     assert "head, greedy" in capsys.readouterr().out
+
+
+@needs_ml100k
+def test_a_nan_in_pretraining_stops_at_the_guard_with_the_last_good_state(tmp_path: Path) -> None:
+    """Pretraining takes the same guarded path as the RL algorithms: one line naming the loss
+    and the step, a last_good.ckpt of the step before, FAILED, and no results."""
+    message = run_recrl_in_process(
+        tmp_path, "env=ml100k", f"data.path={ML100K}", "algo=pretrain", "debug=smoke",
+        "callbacks.non_finite_guard.inject_nan_at_step=3",
+    )
+    assert message is not None and message.startswith("recrl: training stopped: train/")
+    assert "is nan at optimiser step 3" in message
+    last_good = torch.load(tmp_path / "checkpoints" / "last_good.ckpt", weights_only=True)
+    assert last_good["global_step"] == 2
+    assert (tmp_path / "FAILED").read_text().startswith("non-finite:")
+    assert not (tmp_path / "results.json").exists()
