@@ -33,22 +33,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from recrl.stats import mean_ci95_over_seeds as mean_ci95  # noqa: E402
-
+from recrl.sweeps import LOCAL_MODES, override_key, sweep_group  # noqa: E402,F401
 
 REPORT_MD, REPORT_PNG = "report.md", "report.png"
-#: WANDB_MODE values in which W&B never contacts the server: no login is needed.
-LOCAL_MODES = ("offline", "dryrun", "disabled")
-
-
-def override_key(override: str) -> str:
-    """``algo.lr`` of ``algo.lr=0.001``, ``+algo.lr=...`` and ``~algo.lr``."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def sweep_group(sweep_dir: str | Path) -> str:
-    """The W&B group of a sweep's runs (recrl/tracking.py): the sweep folder's last two parts,
-    unique in the default layout (``outputs/multirun/<date>/<time>``), readable in a named one."""
-    return "/".join(Path(sweep_dir).resolve().parts[-2:])
 
 
 @dataclass

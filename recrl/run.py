@@ -39,6 +39,7 @@ from recrl.run_folder import (
     EVALUATION_PLOT, FAILURE_FILE, LAST_CHECKPOINT, RESULTS_FILE, TEST_RETURNS_FILE,
     checkpoint_path,
 )
+from recrl.torchrl_state import TorchRLInternalsError
 from recrl.tracking import log_final_results
 
 # Warnings that are expected by design and would only teach users to ignore warnings:
@@ -206,6 +207,9 @@ def main(cfg: DictConfig) -> float | None:
     except NonFiniteError as err:
         (output_dir / FAILURE_FILE).write_text(f"non-finite: {err}\n")
         stop_with_one_line(f"recrl: training stopped: {err}")
+    except TorchRLInternalsError as err:  # an unsupported TorchRL met at the first checkpoint
+        (output_dir / FAILURE_FILE).write_text(f"unsupported torchrl: {err}\n")
+        stop_with_one_line(f"recrl: {err}")
     except BaseException as err:
         (output_dir / FAILURE_FILE).write_text(f"run failed: {err!r}\n")
         raise

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
 from recrl.callbacks import EveryNSteps
-from recrl.report import LOCAL_MODES, override_key, sweep_group
+from recrl.sweeps import LOCAL_MODES, override_key, sweep_group
 
 #: The ``_target_`` of conf/logger/wandb.yaml: built here, with the run's config and identity.
 WANDB_TARGET = f"{__name__}.wandb_logger"

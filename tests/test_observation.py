@@ -14,8 +14,19 @@ from tests.conftest import REPO_ROOT
 def test_evaluation_side_imports_no_simulator() -> None:
     """Ranking, baselines, callbacks and evaluation depend on the observation, not on the code
     that simulates one (a fresh interpreter: this one has imported the simulators already)."""
-    code = ("import sys, recrl.ranking, recrl.baselines, recrl.callbacks, recrl.evaluation; "
+    code = ("import sys, recrl.ranking, recrl.baselines, recrl.callbacks, recrl.evaluation, "
+            "recrl.results; "
             "print(sorted(m for m in sys.modules if m.startswith('recrl.envs')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_training_path_imports_no_post_run_tool() -> None:
+    """A run (the CLI, the builder, every algorithm) never loads the tools that read finished
+    runs: comparing and reporting can change without touching training."""
+    code = ("import sys, recrl.run, recrl.build, lightning_modules, lightning_modules.reinforce; "
+            "print(sorted(m for m in sys.modules if m in ('recrl.compare', 'recrl.report')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "[]"

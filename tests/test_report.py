@@ -13,7 +13,7 @@ import matplotlib.image
 import pytest
 
 from recrl import report
-from recrl.report import sweep_group
+from recrl.sweeps import sweep_group
 from tests.conftest import run_recrl
 
 SEEDS = (0, 1)
