@@ -75,7 +75,7 @@ def env_sequences(overrides: list[str]) -> tuple[Sequences, int, str]:
     if sequences is None:
         raise SystemExit(f"{type(env).__name__} has no logged sequences to rank; choose a "
                          "logged-data env (--override env=ml100k, env=beauty or env=logged ...)")
-    return sequences, env.history_length, str(cfg.env.path)
+    return sequences, env.history_length, str(cfg.data.path)
 
 
 def training_interactions(sequences: Sequences) -> tuple[Tensor, Tensor]:

@@ -104,25 +104,26 @@ def check_config(cfg: DictConfig) -> None:
 
 def check_data(cfg: DictConfig) -> None:
     """The data group feeds the logged-data envs only: refuse it beside another env (it would be
-    ignored silently), refuse a log setting given to the env instead of the data group (the run
-    would record a ``data.*`` it did not read), and name the values env=logged still needs before
-    anything is read."""
+    ignored silently), refuse a log setting given under ``env.data`` instead of the data group
+    (the run would record a ``data.*`` it did not read), and name the values env=logged still
+    needs before anything is read."""
     data = cfg.get("data")
     if data is None:
         return
-    if "path" not in cfg.env:  # e.g. env=synthetic data=ml100k: the log would be ignored
+    if "data" not in cfg.env:  # e.g. env=synthetic data=ml100k: the log would be ignored
         raise ConfigurationError(
             "a data config was chosen, but the data group is read by the logged-data envs "
             "only; choose env=ml100k, env=beauty or env=logged, or drop the data override"
         )
-    # conf/env/logged.yaml passes each data.<key> on as env.<key>: ${data.<key>}.
-    env_values = OmegaConf.to_container(cfg.env, resolve=False)
-    for key in data:
-        if key in env_values and env_values[key] != f"${{data.{key}}}":
-            raise ConfigurationError(
-                f"env.{key} was set, but the log and its preprocessing are the data group's "
-                f"(conf/data/): set data.{key} instead of env.{key}"
-            )
+    # conf/env/logged.yaml passes the data node on whole (env.data: ${data}); a value set under
+    # env.data would be the env's alone while the run records data.*.
+    env_data = OmegaConf.to_container(cfg.env, resolve=False)["data"]
+    if env_data != "${data}":
+        changed = [f"env.data.{key}" for key in (env_data if isinstance(env_data, dict) else {})]
+        raise ConfigurationError(
+            f"{', '.join(changed) or 'env.data'} was set, but the log and its preprocessing are "
+            "the data group's (conf/data/): set data.<key> instead of env.data.<key>"
+        )
     missing = [f"data.{key}" for key in ("path", "format") if OmegaConf.is_missing(data, key)]
     if missing:
         raise ConfigurationError(

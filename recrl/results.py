@@ -198,6 +198,9 @@ def evaluation_population(cfg: DictConfig) -> dict[str, Any]:
     populations played the same users in the same order (`recrl.compare` checks it), whatever
     number of processes each ran on (`recrl.evaluation.play_users`)."""
     env = OmegaConf.to_container(cfg.env, resolve=True)
+    # A logged-data env's log settings, flat beside the simulator's (the layout every earlier
+    # run recorded, so their test_returns.json still pair with new ones).
+    env.update(env.pop("data", {}))
     env.pop("cache_dir", None)  # where preprocessed data is cached changes no user
     return {"env": env,
             "seed": cfg.evaluation.seed, "num_users": cfg.evaluation.final_num_users}

@@ -27,11 +27,17 @@ def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+#: The keys of make_env's options that describe the log (DataConfig), not the simulator.
+DATA_KEYS = {"format", "columns", "min_rating", "min_user_interactions", "min_item_interactions",
+             "holdout_user_fraction", "split_seed", "cache_dir"}
+
+
 def make_env(log_file: Path, num_users: int = 8, **kwargs) -> LoggedEnv:
     options = {"format": "table", "columns": {"rating": "rating"}, "fit_epochs": 50,
                "history_length": 4, "seed": 0, "min_item_interactions": 1,
-               "max_episode_steps": 20}
-    return LoggedEnv(num_users, path=str(log_file), **{**options, **kwargs})
+               "max_episode_steps": 20, **kwargs}
+    data = {key: options.pop(key) for key in list(options) if key in DATA_KEYS}
+    return LoggedEnv(num_users, data={"path": str(log_file), **data}, **options)
 
 
 def test_specs(log_file: Path) -> None:
@@ -145,13 +151,13 @@ def test_training_and_heldout_users_never_mix(log_file: Path) -> None:
 
 def test_a_missing_log_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="python -m recrl.data download"):
-        LoggedEnv(2, path=str(tmp_path / "nope"), format="ml-100k")
+        LoggedEnv(2, data={"path": str(tmp_path / "nope"), "format": "ml-100k"})
 
 
 @needs_ml100k
 def test_movielens_100k_world(tmp_path: Path) -> None:
-    env = LoggedEnv(64, path=str(ML100K), format="ml-100k", seed=0, fit_epochs=100,
-                    cache_dir=str(tmp_path))
+    env = LoggedEnv(64, data={"path": str(ML100K), "format": "ml-100k", "cache_dir": str(tmp_path)},
+                    seed=0, fit_epochs=100)
     check_env_specs(env)
     sequences = env.sequences
     assert sequences.num_users == 943  # every ML-100K user has >= 20 ratings: none dropped

@@ -49,7 +49,8 @@ def test_synthetic_users_step_on_the_gpu() -> None:
 
 @needs_ml100k
 def test_logged_users_step_on_the_gpu(tmp_path: Path) -> None:
-    options = dict(path=str(ML100K), format="ml-100k", cache_dir=str(tmp_path), seed=0)
+    options = dict(data={"path": str(ML100K), "format": "ml-100k", "cache_dir": str(tmp_path)},
+                   seed=0)
     gpu = LoggedEnv(256, device="cuda", **options)
     cpu = LoggedEnv(256, device="cpu", **options)
     # The fitted world is the same; only where a step reads it differs.

@@ -175,6 +175,7 @@ def test_the_data_group_chooses_the_log_of_a_logged_env() -> None:
     """data.* (conf/data/) is the log and its preprocessing; the env chooses the data config and
     passes its values to LoggedEnv, and command-line data.* overrides reach the env."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     from tests.conftest import REPO_ROOT
 
@@ -186,34 +187,38 @@ def test_the_data_group_chooses_the_log_of_a_logged_env() -> None:
                                               "data.format=table", "data.columns.rating=stars",
                                               "data.split_seed=7", "data.cache_dir=/tmp/c"])
     assert "data" not in synthetic  # the synthetic simulator reads no log
-    assert ml100k.env.path.endswith("/ml-100k") and ml100k.env.format == "ml-100k"
-    assert ml100k.env.min_rating == 4 and ml100k.env.min_item_interactions == 5
-    assert beauty.env.path.endswith("amazon-beauty/beauty.txt") and beauty.env.format == "sequences"
-    assert beauty.env.min_item_interactions == 1 and beauty.env.fit_batch_size == 65536
-    assert (logged.env.path, logged.env.format, logged.env.split_seed, logged.env.cache_dir) == (
-        "log.csv", "table", 7, "/tmp/c")
+    for cfg in (ml100k, beauty, logged):  # the env reads the data node itself, not a copy
+        assert OmegaConf.to_container(cfg.env, resolve=False)["data"] == "${data}"
+        assert cfg.env.data == cfg.data
+    assert ml100k.env.data.path.endswith("/ml-100k") and ml100k.env.data.format == "ml-100k"
+    assert ml100k.env.data.min_rating == 4 and ml100k.env.data.min_item_interactions == 5
+    assert beauty.env.data.path.endswith("amazon-beauty/beauty.txt")
+    assert beauty.env.data.format == "sequences" and beauty.env.data.min_item_interactions == 1
+    assert beauty.env.fit_batch_size == 65536
+    data = logged.env.data
+    assert (data.path, data.format, data.split_seed, data.cache_dir) == ("log.csv", "table", 7, "/tmp/c")
     # The table's columns default to the reader's names; one of them is renamed here.
-    assert dict(logged.env.columns) == {"user": "user", "item": "item",
-                                        "timestamp": "timestamp", "rating": "stars"}
+    assert dict(data.columns) == {"user": "user", "item": "item",
+                                  "timestamp": "timestamp", "rating": "stars"}
 
 
-def test_every_data_setting_reaches_the_logged_env() -> None:
-    """Each data config holds the same keys, and conf/env/logged.yaml passes every one of them on
-    (``key: ${data.key}``): a knob added to the data group alone would never reach LoggedEnv."""
+def test_every_data_setting_is_one_the_logged_env_reads() -> None:
+    """Each data config's keys are DataConfig's fields: a knob added to the data group alone,
+    which LoggedEnv would never read, fails here (and LoggedEnv refuses it by name)."""
+    from dataclasses import fields
+
     from omegaconf import OmegaConf
 
+    from recrl.data import DataConfig
     from tests.conftest import REPO_ROOT
 
-    data_keys = {
-        path.stem: set(OmegaConf.load(path)) - {"defaults"}
-        for path in (REPO_ROOT / "conf" / "data").glob("*.yaml")
-    }
-    assert set(data_keys) == {"logged", "ml100k", "beauty"}
-    for name, keys in data_keys.items():
-        assert keys <= data_keys["logged"], f"conf/data/{name}.yaml adds {keys - data_keys['logged']}"
-    env = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "env" / "logged.yaml"))
-    assert {key: env.get(key) for key in data_keys["logged"]} == {
-        key: f"${{data.{key}}}" for key in data_keys["logged"]}
+    known = {field.name for field in fields(DataConfig)}
+    for path in (REPO_ROOT / "conf" / "data").glob("*.yaml"):
+        keys = set(OmegaConf.load(path)) - {"defaults"}
+        assert keys <= known, f"{path.name} has {keys - known}, which DataConfig does not read"
+    assert set(OmegaConf.load(REPO_ROOT / "conf" / "data" / "logged.yaml")) == known
+    with pytest.raises(ValueError, match="data.colour is not a data setting"):
+        DataConfig.from_mapping({"path": "x", "format": "table", "colour": "red"})
 
 
 #: Bad input the CLI must refuse with one line: (overrides, a phrase the message must contain).
@@ -231,8 +236,7 @@ BAD_INPUT = [
     (["env=logged"], "data.path and data.format not set"),
     (["env=logged", "data.path=my_log.csv"], "data.format not set"),
     (["data=ml100k"], "read by the logged-data envs only"),
-    (["env=ml100k", "env.path=/elsewhere/ml-100k"], "set data.path instead of env.path"),
-    (["env=ml100k", "env.min_rating=4"], "set data.min_rating instead"),
+    (["env=ml100k", "env.data={path: /elsewhere}"], "set data.<key> instead of env.data.<key>"),
     (["algo=pretrain"], "learns from logged sequences"),
     (["encoder.init_from=/nonexistent.ckpt"], "encoder.init_from"),
     (["encoder=bert_text"], "needs item text"),

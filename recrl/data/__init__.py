@@ -2,8 +2,8 @@
 
 from recrl.data.formats import DataFormatError, RawLog, read_log
 from recrl.data.preprocess import (
-    PreprocessConfig, Sequences, load_sequences, preprocess, window_positions,
+    DataConfig, PreprocessConfig, Sequences, load_sequences, preprocess, window_positions,
 )
 
-__all__ = ["DataFormatError", "PreprocessConfig", "RawLog", "Sequences", "load_sequences",
+__all__ = ["DataConfig", "DataFormatError", "PreprocessConfig", "RawLog", "Sequences", "load_sequences",
            "preprocess", "read_log", "window_positions"]

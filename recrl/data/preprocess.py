@@ -26,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +61,47 @@ class PreprocessConfig:
             raise ValueError(
                 f"data.holdout_user_fraction must be in [0, 1), got {self.holdout_user_fraction}"
             )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """An interaction log and its preprocessing: ``conf/data/*.yaml`` field by field (each field
+    is documented there). A logged-data simulator takes it whole, so the run records exactly the
+    ``data.*`` it read."""
+
+    path: str
+    format: str
+    columns: Mapping[str, str | None] | None = None  # format=table only
+    min_rating: float | None = None
+    min_user_interactions: int = 5
+    min_item_interactions: int = 5
+    holdout_user_fraction: float = 0.1
+    split_seed: int = 0
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping) -> DataConfig:
+        """From the ``data`` config node (or any mapping); an unknown key is refused by name."""
+        if isinstance(data, cls):
+            return data
+        known = [field.name for field in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"data.{unknown[0]} is not a data setting; the data group's settings "
+                             f"are {', '.join(known)} (conf/data/logged.yaml)")
+        return cls(**{key: data[key] for key in known if key in data})
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig(
+            min_rating=self.min_rating, min_user_interactions=self.min_user_interactions,
+            min_item_interactions=self.min_item_interactions,
+            holdout_user_fraction=self.holdout_user_fraction, split_seed=self.split_seed)
+
+    @property
+    def table_columns(self) -> dict[str, str | None]:
+        """The column names a table reader uses; other formats name no columns."""
+        return dict(self.columns or {}) if self.format == "table" else {}
 
 
 @dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recrl.data import PreprocessConfig, Sequences, load_sequences, window_positions
+from recrl.data import DataConfig, PreprocessConfig, Sequences, load_sequences, window_positions
 from recrl.envs.base import RecEnv, UserResponse, UserResponseModel, check_param
 from recrl.observation import CLICKED, MAX_RATING, PADDING
 
@@ -277,8 +278,8 @@ class LoggedEnv(RecEnv):
 
     ``batch_size = [num_users]``; each reset draws users of ``user_split`` with the env's
     generator. The data is read, preprocessed and fitted once per process and cached on disk.
-    ``columns`` names the columns of a ``table`` log (``user``, ``item``, ``timestamp``,
-    ``rating``).
+    ``data`` is the log and its preprocessing (`DataConfig`: the ``data`` config node, whole);
+    the other arguments are the simulator's (``conf/env/logged.yaml``).
     """
 
     users: LoggedUsers
@@ -287,18 +288,10 @@ class LoggedEnv(RecEnv):
         self,
         num_users: int,
         *,
-        path: str,
-        format: str,
-        columns: dict[str, str | None] | None = None,
+        data: DataConfig | Mapping,
         seed: int | None = None,
         device: torch.device | str = "cpu",
         user_split: str = "train",
-        min_rating: float | None = None,
-        min_user_interactions: int = 5,
-        min_item_interactions: int = 5,
-        holdout_user_fraction: float = 0.1,
-        split_seed: int = 0,
-        cache_dir: str | None = None,
         fit_dim: int = 32,
         fit_epochs: int = 300,
         fit_batch_size: int | None = None,
@@ -312,14 +305,11 @@ class LoggedEnv(RecEnv):
     ) -> None:
         if user_split not in USER_SPLITS:
             raise ValueError(f"user_split must be one of {USER_SPLITS}, got {user_split!r}")
+        data = DataConfig.from_mapping(data)
         world = load_world(
-            path, format,
-            PreprocessConfig(min_rating=min_rating, min_user_interactions=min_user_interactions,
-                             min_item_interactions=min_item_interactions,
-                             holdout_user_fraction=holdout_user_fraction, split_seed=split_seed),
+            data.path, data.format, data.preprocess,
             FitConfig(dim=fit_dim, epochs=fit_epochs, batch_size=fit_batch_size),
-            cache_dir,
-            dict(columns or {}) if format == "table" else {},  # only tables name columns
+            data.cache_dir, data.table_columns,
         )
         sequences = world.sequences
         heldout = sequences.heldout_users
