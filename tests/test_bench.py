@@ -1,12 +1,12 @@
 """The benchmark scripts of bench/: the reference rankers (hand-computed transitions, EASE
 against its definition, the table on a small log, the target it ranks), the simulator table,
-pretrained_policy's head policy and the training benchmark's table (its columns add up).
+pretrained_policy's head policy, and the training benchmark: its table (the columns add up) and
+its minimal loop (the module's own batches and steps).
 fixed_popular, pretrained_policy and ranking_by_target on a real checkpoint are run by the
 README recipe test in tests/test_pretrain.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 import time
@@ -18,16 +18,8 @@ import torch
 from recrl.data import PreprocessConfig, load_sequences
 from recrl.ranking import evaluate_ranking, most_popular_scorer, popularity_scores
 from recrl.run import with_default_env
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_bench
 from tests.test_ranking import make_sequences
-
-
-def load_bench(name: str):
-    """A script of bench/ (not a package) as a module."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 references = load_bench("ranking_references")

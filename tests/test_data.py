@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import subprocess
 import sys
 import threading
 import zipfile
@@ -24,7 +23,7 @@ import torch
 from recrl.data import DataFormatError, PreprocessConfig, load_sequences, preprocess, read_log
 from recrl.data.download import DownloadError, download
 from recrl.data.formats import RawLog, read_ml100k, read_sequences
-from tests.conftest import BEAUTY, ML100K, REPO_ROOT, needs_beauty, needs_ml100k
+from tests.conftest import BEAUTY, ML100K, needs_beauty, needs_ml100k, run_process
 
 RAW = PreprocessConfig(min_user_interactions=3, min_item_interactions=1)  # keeps all of ML-100K
 
@@ -206,11 +205,8 @@ def test_download_verifies_and_unpacks_from_a_local_server(
     url, served = local_server
     build_archive(served, ML100K)
     dest = tmp_path / "data"
-    proc = subprocess.run(
-        [sys.executable, "-m", "recrl.data", "download", "ml-100k", "--dest", str(dest),
-         "--base-url", url],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )
+    proc = run_process([sys.executable, "-m", "recrl.data", "download", "ml-100k", "--dest",
+                        str(dest), "--base-url", url], timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (dest / "ml-100k" / "u.data").read_bytes() == (ML100K / "u.data").read_bytes()
     assert sorted(p.name for p in dest.iterdir()) == ["ml-100k"]  # no .part, no staging left

@@ -3,7 +3,6 @@ report with the jobs' numbers, and an Optuna study that resumes from its SQLite 
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import statistics
@@ -14,7 +13,7 @@ import pytest
 
 from recrl import report
 from recrl.report import sweep_group
-from tests.conftest import run_recrl
+from tests.conftest import read_results, run_recrl
 
 SEEDS = (0, 1)
 T_95_ONE_DOF = 12.706  # two seeds
@@ -47,7 +46,7 @@ def test_multirun_leaves_one_folder_with_a_complete_job_per_seed(sweep: Path) ->
     assert [p.name for p in jobs] == ["0", "1"]
     for seed, job in zip(SEEDS, jobs):
         assert (job / ".hydra" / "overrides.yaml").read_text().count(f"seed={seed}") == 1
-        assert json.loads((job / "results.json").read_text())["seed"] == seed
+        assert read_results(job)["seed"] == seed
         assert (job / "metrics.csv").is_file() and (job / "checkpoints" / "last.ckpt").is_file()
         assert not (job / "FAILED").exists()
 
@@ -77,7 +76,7 @@ def summary_row(markdown: str) -> dict[str, str]:
 def test_report_holds_the_numbers_of_the_jobs_results(sweep: Path, tmp_path: Path) -> None:
     assert report.main([str(sweep), "--out", str(tmp_path)]) == 0
     markdown = (tmp_path / "report.md").read_text()
-    results = [json.loads((sweep / str(s) / "results.json").read_text()) for s in SEEDS]
+    results = [read_results(sweep / str(s)) for s in SEEDS]
     row = summary_row(markdown)
     assert row["configuration"] == f"debug=smoke, logger=[csv,wandb], {SHORT_SESSIONS}"
     assert row["seeds"] == "0, 1"
@@ -162,7 +161,7 @@ def test_optuna_study_resumes_from_its_sqlite_storage(study: Path) -> None:
     # number of the test users.
     trials = sorted(p for p in study.iterdir() if (p / "results.json").is_file())
     assert len(trials) == 4
-    returns = sorted(json.loads((p / "results.json").read_text())["selected_weights"]["val_return"]
+    returns = sorted(read_results(p)["selected_weights"]["val_return"]
                      for p in trials)
     assert sorted(t.value for t in loaded.trials) == pytest.approx(returns)
     assert loaded.direction.name == "MAXIMIZE"

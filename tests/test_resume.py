@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +35,7 @@ from recrl.checkpointing import (
     replay_buffer_state, restore_collector, restore_rng, rng_state, td_from_state, td_to_state,
 )
 from recrl.envs import InterestEvolutionEnv, uniform_valid_action
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, read_results, recrl_command, subprocess_env
 
 #: Small runs with short sessions (time_budget 20) so that evaluations are quick.
 COMMON = ["debug=smoke", "env.time_budget=20", "evaluation.every_n_steps=10"]
@@ -76,21 +73,18 @@ class Run:
         return self.stderr.read_text()
 
     def results(self) -> dict:
-        return json.loads((self.run_dir / "results.json").read_text())
+        return read_results(self.run_dir)
 
 
 def start(run_dir: Path, *overrides: str, log_name: str | None = None) -> Run:
     """``python -m recrl.run`` in the background, one thread (runs share 2 cores here)."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     stdout = run_dir.parent / f"{log_name or run_dir.name}.out"
     stderr = run_dir.parent / f"{log_name or run_dir.name}.err"
     with open(stdout, "w") as out, open(stderr, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "recrl.run", f"hydra.run.dir={run_dir}", *overrides],
-            cwd=REPO_ROOT, env=env, stdout=out, stderr=err,
-        )
+        proc = subprocess.Popen(recrl_command(f"hydra.run.dir={run_dir}", *overrides),
+                                cwd=REPO_ROOT, env=subprocess_env(threads=1), stdout=out,
+                                stderr=err)
     return Run(run_dir, proc, stdout, stderr)
 
 

@@ -10,7 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import SHORT_SESSIONS, run_recrl, run_recrl_in_process
+from tests.conftest import (
+    CONF_DIR, SHORT_SESSIONS, compose_config, read_results, run_recrl, run_recrl_in_process,
+)
 
 METRIC_KEYS = {"return_mean", "return_ci95", "clicks_mean", "ctr", "episode_length", "coverage"}
 
@@ -39,7 +41,7 @@ def test_smoke_run_writes_every_output(smoke_run: Path, algo: str) -> None:
     assert (smoke_run / "checkpoints" / "last.ckpt").is_file()
     assert (smoke_run / "evaluation_return.png").stat().st_size > 1000
     assert not (smoke_run / "FAILED").exists()
-    results = json.loads((smoke_run / "results.json").read_text())
+    results = read_results(smoke_run)
     assert METRIC_KEYS <= results["agent"].keys()
     assert set(results["baselines"]) == {"random", "popular", "oracle_myopic"}
     for stats in results["baselines"].values():
@@ -112,8 +114,8 @@ def test_same_seed_same_metrics(smoke_run: Path, algo: str, tmp_path: Path) -> N
     # numbers, whichever process runs it.
     assert run_recrl_in_process(tmp_path / "again", "debug=smoke", SHORT_SESSIONS,
                                 f"algo={algo}") is None
-    first = json.loads((smoke_run / "results.json").read_text())
-    second = json.loads((tmp_path / "again" / "results.json").read_text())
+    first = read_results(smoke_run)
+    second = read_results(tmp_path / "again")
     assert first["agent"] == second["agent"]
     assert first["baselines"] == second["baselines"]
 
@@ -123,19 +125,16 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
     """evaluation.select=best: the agent row uses the weights of the best validation point, the
     final weights are reported too, and the kept weights really are the ones validated there
     (with greedy_network=target, the target network's too)."""
-    from hydra import compose, initialize_config_dir
-
     from recrl.baselines import MostPopularRecommender
     from recrl.evaluation import evaluate_policy
     from recrl.run import build_module, select_weights
-    from tests.conftest import REPO_ROOT
 
     run_dir = tmp_path / "run"
     # 25 steps: the grid evaluates at 0, 10 and 20; the end adds a point at 25.
     overrides = ["debug=smoke", "evaluation.select=best", "trainer.max_steps=25",
                  "evaluation.final_num_users=8", "env.time_budget=50", *greedy]
     assert run_recrl_in_process(run_dir, *overrides) is None
-    results = json.loads((run_dir / "results.json").read_text())
+    results = read_results(run_dir)
     with open(run_dir / "metrics.csv") as f:
         curve = {int(r["step"]): float(r["val/return"]) for r in csv.DictReader(f) if r["val/return"]}
     assert sorted(curve) == [0, 10, 20, 25]
@@ -149,8 +148,7 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     best = next(state["best"] for key, state in checkpoint["callbacks"].items()
                 if key.startswith("PeriodicEvaluation"))
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(*overrides)
     module, _ = build_module(cfg)
     select_weights(module, SimpleNamespace(best=best), "best")  # as the run loads them
     module.eval()
@@ -173,17 +171,12 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
 def test_the_data_group_chooses_the_log_of_a_logged_env() -> None:
     """data.* (conf/data/) is the log and its preprocessing; the env chooses the data config and
     passes its values to LoggedEnv, and command-line data.* overrides reach the env."""
-    from hydra import compose, initialize_config_dir
-
-    from tests.conftest import REPO_ROOT
-
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        synthetic = compose("config")
-        ml100k = compose("config", overrides=["env=ml100k", "data.min_rating=4"])
-        beauty = compose("config", overrides=["env=beauty"])
-        logged = compose("config", overrides=["env=logged", "data.path=log.csv",
-                                              "data.format=table", "data.columns.rating=stars",
-                                              "data.split_seed=7", "data.cache_dir=/tmp/c"])
+    synthetic = compose_config()
+    ml100k = compose_config("env=ml100k", "data.min_rating=4")
+    beauty = compose_config("env=beauty")
+    logged = compose_config("env=logged", "data.path=log.csv", "data.format=table",
+                            "data.columns.rating=stars", "data.split_seed=7",
+                            "data.cache_dir=/tmp/c")
     assert "data" not in synthetic  # the synthetic simulator reads no log
     assert ml100k.env.path.endswith("/ml-100k") and ml100k.env.format == "ml-100k"
     assert ml100k.env.min_rating == 4 and ml100k.env.min_item_interactions == 5
@@ -201,16 +194,14 @@ def test_every_data_setting_reaches_the_logged_env() -> None:
     (``key: ${data.key}``): a knob added to the data group alone would never reach LoggedEnv."""
     from omegaconf import OmegaConf
 
-    from tests.conftest import REPO_ROOT
-
     data_keys = {
         path.stem: set(OmegaConf.load(path)) - {"defaults"}
-        for path in (REPO_ROOT / "conf" / "data").glob("*.yaml")
+        for path in (CONF_DIR / "data").glob("*.yaml")
     }
     assert set(data_keys) == {"logged", "ml100k", "beauty"}
     for name, keys in data_keys.items():
         assert keys <= data_keys["logged"], f"conf/data/{name}.yaml adds {keys - data_keys['logged']}"
-    env = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "env" / "logged.yaml"))
+    env = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "env" / "logged.yaml"))
     assert {key: env.get(key) for key in data_keys["logged"]} == {
         key: f"${{data.{key}}}" for key in data_keys["logged"]}
 
