@@ -198,6 +198,7 @@ def build_archive(served: Path, source: Path, md5: str | None = None) -> bytes:
     return data
 
 
+@pytest.mark.e2e
 @needs_ml100k
 def test_download_verifies_and_unpacks_from_a_local_server(
     local_server: tuple[str, Path], tmp_path: Path

@@ -95,6 +95,8 @@ def rank_dumps(run_dir: Path) -> list[dict]:
     return [torch.load(run_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_writes_one_run_folder_with_one_result(ddp_run: Path) -> None:
     # Rank 1 re-runs the command line: it must write into rank 0's run folder, not a new one.
     assert [p.name for p in ddp_run.parent.iterdir()] == ["run"]
@@ -124,6 +126,8 @@ def test_each_process_names_its_own_log_file(monkeypatch: pytest.MonkeyPatch, en
     assert log_file_suffix() == suffix
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_both_ranks_step_and_frames_are_total(ddp_run: Path, algo: str) -> None:
     dumps = rank_dumps(ddp_run)
     results = read_results(ddp_run)
@@ -136,6 +140,8 @@ def test_ddp_both_ranks_step_and_frames_are_total(ddp_run: Path, algo: str) -> N
     assert all(d["frames"] == results["frames"] for d in dumps)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_evaluation_meets_the_users_of_a_one_process_run(ddp_run: Path) -> None:
     """Rank 0 plays the test users (debug=smoke: 32) and sends the episodes on: every user's
     return under the agent and the baselines is what one process playing the final weights on
@@ -174,6 +180,8 @@ def test_ddp_evaluation_meets_the_users_of_a_one_process_run(ddp_run: Path) -> N
     assert [int(row["step"]) for row in val_rows] == [0, 10, 20]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_ranks_share_weights_but_not_trajectories(ddp_run: Path) -> None:
     first, second = rank_dumps(ddp_run)
     assert first["state_dict"].keys() == second["state_dict"].keys()
@@ -184,6 +192,8 @@ def test_ddp_ranks_share_weights_but_not_trajectories(ddp_run: Path) -> None:
     assert not torch.equal(rollout_0["reward"], rollout_1["reward"])
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_popular_baseline_counts_every_ranks_clicks(ddp_run: Path) -> None:
     ckpt = torch.load(ddp_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     first, second = rank_dumps(ddp_run)
@@ -209,6 +219,8 @@ def test_ddp_bad_hardware_ends_with_one_clear_error(
     assert expected in message
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_multirun_leaves_one_sweep_folder_with_complete_jobs(tmp_path: Path) -> None:
     # Run from an empty folder with the default sweep folder (outputs/multirun/<date>/<time>),
     # the one rank 1's re-run would resolve anew: it must land in rank 0's sweep folder.

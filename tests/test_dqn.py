@@ -98,6 +98,7 @@ def test_target_network_policy_follows_the_module_to_another_device_or_dtype() -
         assert {v.dtype for v in target.values(True, True) if v.is_floating_point()} == {torch.float32}
         evaluated = module.greedy_policy(masked_observation(module, 4))["action_value"]
     assert evaluated.dtype == torch.float32
+@pytest.mark.slow
 def test_dqn_learns_to_beat_random() -> None:
     """A small budget of training clearly separates the greedy policy from random."""
     L.seed_everything(0, verbose=False)

@@ -105,6 +105,7 @@ def test_movielens_training_runs_on_the_gpu(tmp_path: Path, algo: str,
     assert results["offline_ranking"]["agent"]["full"]["HR@10"] >= 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["dqn", "ppo"])
 def test_a_gpu_checkpoint_resumes_exactly_on_the_gpu_and_with_fresh_users_on_the_cpu(
         tmp_path: Path, algo: str) -> None:
@@ -123,6 +124,8 @@ def test_a_gpu_checkpoint_resumes_exactly_on_the_gpu_and_with_fresh_users_on_the
             assert "ran on cuda, this run simulates on cpu" in results["resumed_with_fresh_users"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_on_the_gpu(tmp_path: Path) -> None:
     # One process per visible GPU, NCCL; a subprocess, so the process group dies with it.
     devices = min(torch.cuda.device_count(), 2)

@@ -177,6 +177,7 @@ def test_entropy_falls_on_a_tiny_problem() -> None:
     assert mean_entropy(module) < before - 0.5  # measured: 2.27 -> 1.15 nats
 
 
+@pytest.mark.slow
 def test_ppo_learns_to_beat_random() -> None:
     """A small budget of training clearly separates the greedy policy from random."""
     L.seed_everything(0, verbose=False)

@@ -446,7 +446,8 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, 
 
 
 @needs_ml100k
-@pytest.mark.parametrize("hardware", ["cpu", "ddp_cpu"])
+@pytest.mark.parametrize("hardware", [
+    "cpu", pytest.param("ddp_cpu", marks=[pytest.mark.slow, pytest.mark.e2e])])
 def test_pretraining_with_select_best_ranks_and_saves_its_best_validation_weights(
         tmp_path: Path, monkeypatch, capsys, hardware: str) -> None:
     """evaluation.select=best: the final rankings and best.ckpt (the results' checkpoint) are

@@ -41,6 +41,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "sweep"
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_multirun_leaves_one_folder_with_a_complete_job_per_seed(sweep: Path) -> None:
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1"]
@@ -51,6 +53,8 @@ def test_multirun_leaves_one_folder_with_a_complete_job_per_seed(sweep: Path) ->
         assert not (job / "FAILED").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_each_job_is_its_own_wandb_run_grouped_by_sweep(sweep: Path) -> None:
     run_ids = set()
     for seed in SEEDS:
@@ -73,6 +77,8 @@ def summary_row(markdown: str) -> dict[str, str]:
     return dict(zip(header, (c.strip() for c in row.strip("|").split("|"))))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_report_holds_the_numbers_of_the_jobs_results(sweep: Path, tmp_path: Path) -> None:
     assert report.main([str(sweep), "--out", str(tmp_path)]) == 0
     markdown = (tmp_path / "report.md").read_text()
@@ -91,6 +97,8 @@ def test_report_holds_the_numbers_of_the_jobs_results(sweep: Path, tmp_path: Pat
     assert "2 jobs: 2 complete, 0 failed" in markdown
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_report_plot_draws_the_evaluation_curve(sweep: Path, tmp_path: Path) -> None:
     jobs = report.load_jobs(sweep)
     report.label_configurations(jobs)
@@ -101,6 +109,8 @@ def test_report_plot_draws_the_evaluation_curve(sweep: Path, tmp_path: Path) -> 
     assert all(len(job.curve) == 3 for job in jobs)  # before training, at step 10 and 20
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_report_lists_failed_and_never_started_jobs(sweep: Path, tmp_path: Path) -> None:
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("wandb", "checkpoints"))
@@ -118,6 +128,8 @@ def test_report_lists_failed_and_never_started_jobs(sweep: Path, tmp_path: Path)
             "| never started |") in markdown
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_wandb_report_says_in_one_line_that_it_cannot_offline(
     sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -152,6 +164,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "study"
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_optuna_study_resumes_from_its_sqlite_storage(study: Path) -> None:
     optuna = pytest.importorskip("optuna")
     loaded = optuna.load_study(study_name="dqn_synthetic",

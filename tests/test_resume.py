@@ -179,6 +179,8 @@ def logged(run_dir: Path, column: str) -> list[tuple[int, str]]:
 
 
 # -- a checkpoint whose simulation ran on another kind of device ----------------------------
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_resuming_on_another_kind_of_device_goes_on_with_fresh_users_and_says_so(runs) -> None:
     run = runs["other_device"]
     assert run.proc.returncode == 0, run.err[-3000:]
@@ -206,6 +208,8 @@ def test_fresh_users_after_a_resume_are_new_users_not_the_runs_first_ones() -> N
 
 
 # -- DQN: SIGKILL mid-training, resume, same results -----------------------------------------
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_dqn_killed_with_sigkill_and_resumed_ends_exactly_like_an_uninterrupted_run(runs) -> None:
     killed = runs["dqn_killed"]
     assert killed.proc.returncode == -signal.SIGKILL
@@ -213,6 +217,8 @@ def test_dqn_killed_with_sigkill_and_resumed_ends_exactly_like_an_uninterrupted_
     assert runs["dqn_resumed"].results()["resumed_from"].endswith("last.ckpt")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_dqn_checkpoint_holds_the_whole_training_state_as_plain_data(runs) -> None:
     ckpt = torch.load(runs["dqn"].run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
                       weights_only=True)
@@ -227,6 +233,8 @@ def test_dqn_checkpoint_holds_the_whole_training_state_as_plain_data(runs) -> No
 
 
 # -- PPO: SIGTERM saves a checkpoint, resume, same results ------------------------------------
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_saves_a_checkpoint_marks_the_folder_and_says_how_to_resume(runs) -> None:
     stopped = runs["ppo_stopped"]
     assert stopped.proc.returncode == 128 + signal.SIGTERM
@@ -240,6 +248,8 @@ def test_sigterm_saves_a_checkpoint_marks_the_folder_and_says_how_to_resume(runs
     assert not left["results.json"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ppo_stopped_and_resumed_ends_exactly_like_an_uninterrupted_run(runs) -> None:
     # PPO resumes exactly too: the checkpoint keeps the rollout's frames, the epoch, the
     # shuffled order and the position in it.
@@ -247,6 +257,8 @@ def test_ppo_stopped_and_resumed_ends_exactly_like_an_uninterrupted_run(runs) ->
 
 
 # -- guarded failures -------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_nan_stops_the_run_naming_step_and_loss_after_saving_the_last_good_state(runs) -> None:
     run = runs["nan"]
     assert run.proc.returncode != 0
@@ -261,6 +273,8 @@ def test_nan_stops_the_run_naming_step_and_loss_after_saving_the_last_good_state
     assert floats and all(torch.isfinite(v).all() for v in floats)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_truncated_checkpoint_ends_with_one_line_naming_the_file(runs) -> None:
     run = runs["truncated"]
     assert run.proc.returncode != 0

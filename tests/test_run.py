@@ -36,6 +36,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, algo: str) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_smoke_run_writes_every_output(smoke_run: Path, algo: str) -> None:
     assert (smoke_run / ".hydra" / "config.yaml").is_file()
     assert (smoke_run / "checkpoints" / "last.ckpt").is_file()
@@ -72,6 +74,8 @@ def test_smoke_run_writes_every_output(smoke_run: Path, algo: str) -> None:
     assert random["coverage"] > 0.5  # 32 users x ~30 random picks cover most of 500 items
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_smoke_run_logs_train_and_val_metrics(smoke_run: Path) -> None:
     with open(smoke_run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -81,6 +85,8 @@ def test_smoke_run_logs_train_and_val_metrics(smoke_run: Path) -> None:
     assert len(val_returns) == 3  # before training, at step 10 and at step 20
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_checkpoint_holds_model_and_click_counts(smoke_run: Path) -> None:
     ckpt = torch.load(smoke_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     state = ckpt["state_dict"]
@@ -109,6 +115,8 @@ def test_the_progress_bar_can_be_turned_off(tmp_path: Path, capfd: pytest.Captur
         assert drawn == (flag == "true")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_same_seed_same_metrics(smoke_run: Path, algo: str, tmp_path: Path) -> None:
     # The second run trains in this process (no second interpreter start-up): same seed, same
     # numbers, whichever process runs it.
@@ -238,6 +246,8 @@ BAD_INPUT = [
 BAD_INPUT_CLI = [0]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize(("overrides", "expected"), [BAD_INPUT[i] for i in BAD_INPUT_CLI])
 def test_bad_input_ends_with_one_clear_error(
     tmp_path: Path, overrides: list[str], expected: str
@@ -267,6 +277,8 @@ def test_bad_value_ends_with_one_configuration_error(
     assert not (run_dir / "results.json").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_bad_job_in_a_sweep_fails_alone(tmp_path: Path) -> None:
     """A configuration error ends its own multirun job (FAILED, no results.json), not the sweep."""
     sweep = tmp_path / "sweep"

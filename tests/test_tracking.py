@@ -41,6 +41,8 @@ def offline_run_folder(wandb_dir: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_logged_out_run_falls_back_to_offline_with_one_warning(logged_out) -> None:
     run_dir, wandb_dir, proc = logged_out
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -52,6 +54,8 @@ def test_logged_out_run_falls_back_to_offline_with_one_warning(logged_out) -> No
     assert not (run_dir / "wandb").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_offline_run_holds_metrics_config_results_table_and_plot(logged_out) -> None:
     run_dir, wandb_dir, _ = logged_out
     folder = offline_run_folder(wandb_dir)
