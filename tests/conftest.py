@@ -156,6 +156,18 @@ def load_bench(name: str) -> ModuleType:
     return module
 
 
+def assert_beats_random(module, num_users: int = 300, seed: int = 123) -> None:
+    """The greedy policy of a trained ``module`` beats the uniformly random one on the same
+    ``num_users`` users, beyond both 95% intervals."""
+    from recrl.baselines import RandomRecommender
+    from recrl.evaluation import evaluate_policy
+
+    module.eval()
+    agent = evaluate_policy(module.make_env(num_users, seed=seed), module.greedy_policy)
+    random = evaluate_policy(module.make_env(num_users, seed=seed), RandomRecommender(seed=0))
+    assert agent["return_mean"] - agent["return_ci95"] > random["return_mean"] + random["return_ci95"]
+
+
 def masked_observation(module, num_users: int) -> TensorDictBase:
     """A reset observation of ``module``'s environment whose mask allows only items 7 and 9."""
     td = module.make_env(num_users, seed=0).reset()
