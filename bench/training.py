@@ -9,10 +9,12 @@ process:
   CLI's rate) and ``trainer.fit`` over the module's collector stream (``RolloutStream``). Only the
   periodic evaluation callback is removed: it is evaluation, not training (the cost of one
   evaluation and of one checkpoint is printed separately).
-* ``minimal``: a loop in the style of TorchRL's sota-implementations scripts over a second module
-  built the same way: ``Collector(env, module.collection_policy)``, the replay buffer / GAE, the
-  loss module, ``clip_grad_norm_``, ``AdamW``, the target-network updater. No Lightning, no
-  logging, no callbacks.
+* ``minimal``: a plain loop in the style of TorchRL's sota-implementations scripts over a second
+  module built the same way, doing that module's own work: ``Collector(env,
+  module.collection_policy)``, then the module's ``rollout_to_batches`` (replay buffer / GAE),
+  ``training_step`` (the loss), ``configure_gradient_clipping`` and ``optimizer_step`` (AdamW,
+  DQN's target-network update) with the module's ``adamw``. No Lightning, no logging, no
+  callbacks: the difference between the two sides is what the framework adds to the same work.
 
 By default the two run in *lockstep*: after every recrl optimiser step the minimal loop makes one
 step, and each side's clock is paused while the other runs. A shared, noisy machine then slows
@@ -66,9 +68,9 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
 from torchrl.collectors import Collector
 
-from recrl import build as recrl_build
 from recrl.callbacks import PeriodicEvaluation, StepProgressBar
 from recrl.evaluation import evaluate_policy
+from recrl.build import build, build_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,9 +99,9 @@ def compose_config(algo: str, output_dir: Path, steps: int, overrides: list[str]
         ])
 
 
-def build_module(cfg: DictConfig) -> Any:
-    """The algorithm module exactly as ``recrl.build.build`` makes it (the minimal side's model)."""
-    return recrl_build.build_module(cfg)[0]
+def build_minimal_module(cfg: DictConfig) -> Any:
+    """The algorithm module exactly as ``build`` makes it (the minimal side's model)."""
+    return build_module(cfg)[0]
 
 
 def steps_per_rollout(cfg: DictConfig) -> int:
@@ -232,8 +234,8 @@ class Lockstep(L.Callback):
 # -- the recrl side -------------------------------------------------------------------------
 def make_recrl_trainer(cfg: DictConfig, output_dir: Path, clock: Clock | None,
                        progress_bar: bool) -> tuple[Any, L.Trainer]:
-    """``recrl.build.build``'s module and Trainer, without periodic evaluation, instrumented."""
-    built = recrl_build.build(cfg, output_dir)
+    """``build``'s module and Trainer, without periodic evaluation, instrumented."""
+    built = build(cfg, output_dir)
     module, trainer = built.module, built.trainer
     callbacks = [c for c in trainer.callbacks if not isinstance(c, PeriodicEvaluation)]
     if not progress_bar:
@@ -275,116 +277,58 @@ def quiet_fit() -> Iterator[None]:
 
 
 # -- the minimal side -----------------------------------------------------------------------
-def make_collector(module: Any) -> Collector:
-    env = module.make_env(module.num_envs, seed=module.seed)
-    return Collector(env, module.collection_policy, frames_per_batch=module.frames_per_batch,
-                     total_frames=-1, auto_register_policy_transforms=False)
-
-
-def minimal_dqn(module: Any, clock: Clock, total_steps: int) -> Iterator[None]:
-    """DQN as TorchRL's sota-implementations/dqn script runs it; yields after each update."""
+def make_optimizer(module: Any, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The module's own AdamW (``adamw``), and the linear decay to 0 over ``total_steps`` that
+    ``adamw`` schedules with ``anneal_lr`` (there over ``trainer.max_steps``, the same number)."""
     hp = module.hparams
-    optimizer = torch.optim.AdamW(module.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-    rb, seconds = module.replay_buffer, clock.seconds
-    collector = make_collector(module)
-    rollouts = iter(collector)
+    optimizer = module.adamw(hp.lr, hp.weight_decay, anneal_lr=False)["optimizer"]
+    schedule = (torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: max(0.0, 1.0 - s / max(1, total_steps))) if hp.anneal_lr else None)
+    return optimizer, schedule
+
+
+def minimal_loop(module: Any, clock: Clock, total_steps: int) -> Iterator[None]:
+    """The module's own algorithm in a plain loop, as TorchRL's sota-implementations scripts
+    run theirs; yields after each optimiser step.
+
+    The work is the module's: ``rollout_to_batches`` (DQN: replay buffer, n-step targets,
+    epsilon; PPO: GAE, epochs of shuffled minibatches), ``training_step`` (the loss),
+    ``configure_gradient_clipping`` and ``optimizer_step`` (AdamW; DQN's target-network and
+    priority updates), in the order Lightning's automatic optimisation calls them. What is left
+    out is Lightning: its loop, the closure's bookkeeping, the loggers, the callbacks, the
+    rollout stream and recrl's per-rollout counters (``_count_and_batch``). ``self.log`` does
+    nothing here (no logging on this side), and ``self.optimizers()`` is this loop's optimiser.
+    """
+    optimizer, schedule = make_optimizer(module, total_steps)
+    module.log = lambda *args, **kwargs: None
+    module.optimizers = lambda *args, **kwargs: optimizer
+    collector = module._make_collector()  # the collector the module's rollout stream runs
     step = frames = 0
     try:
-        while step < total_steps:
-            t0 = clock.now()
-            rollout = next(rollouts)
-            t1 = clock.now()
+        for rollout in clock.timed_iter("collect", collector):
             frames += rollout.numel()
-            rollout = rollout.exclude("action_value", "chosen_action_value")
-            rollout["clicked"] = rollout["next", "click"]
-            if module.multi_step is not None:
-                rollout = module.multi_step(rollout)
-            transitions = rollout.reshape(-1)
-            transitions["next", "reward"] = transitions["next", "reward"] * hp.reward_scale
-            rb.extend(transitions)
-            module.exploration.step(rollout.numel())
-            seconds["collect"] += t1 - t0
-            seconds["batch"] += clock.now() - t1
-            if len(rb) < hp.learning_starts:
-                continue
-            for _ in range(hp.updates_per_batch):
-                t0 = clock.now()
-                batch = rb.sample()
-                t1 = clock.now()
-                loss = module.loss_module(batch)["loss"]
-                if hp.prioritized:
-                    rb.update_tensordict_priority(batch)
-                if module.click_head is not None:
-                    loss = loss + hp.click_loss_weight * module.click_loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(module.parameters(), hp.max_grad_norm)
-                optimizer.step()
-                module.target_updater.step()
-                seconds["batch"] += t1 - t0
-                seconds["update"] += clock.now() - t1
+            for batch in clock.timed_iter("batch", module.rollout_to_batches(rollout)):
+                def closure(batch: Any = batch, batch_idx: int = step) -> torch.Tensor:
+                    loss = module.training_step(batch, batch_idx)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    module.configure_gradient_clipping(optimizer)
+                    return loss
+
+                clock.enter("update")
+                try:
+                    module.optimizer_step(0, step, optimizer, closure)
+                    if schedule is not None:
+                        schedule.step()
+                finally:
+                    clock.leave()
                 step += 1
                 clock.tick(step, frames)
                 yield
                 if step == total_steps:
-                    break
+                    return
     finally:
         collector.shutdown()
-
-
-def minimal_ppo(module: Any, clock: Clock, total_steps: int) -> Iterator[None]:
-    """PPO as TorchRL's sota-implementations/ppo script runs it; yields after each update."""
-    hp = module.hparams
-    optimizer = torch.optim.AdamW(module.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-    schedule = (torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: max(0.0, 1.0 - s / total_steps)) if hp.anneal_lr else None)
-    seconds = clock.seconds
-    collector = make_collector(module)
-    rollouts = iter(collector)
-    step = frames = 0
-    try:
-        while step < total_steps:
-            t0 = clock.now()
-            rollout = next(rollouts)
-            seconds["collect"] += clock.now() - t0
-            t0 = clock.now()
-            frames += rollout.numel()
-            num_frames = rollout.numel()
-            rollout = rollout.exclude("logits")
-            rollout["next", "reward"] = rollout["next", "reward"] * hp.reward_scale
-            seconds["batch"] += clock.now() - t0
-            for epoch in range(hp.ppo_epochs):
-                t0 = clock.now()
-                if epoch == 0 or hp.advantages == "epoch":
-                    module.compute_advantages(rollout, fresh_states=epoch > 0)
-                    data = rollout.exclude("state", ("next", "state")).reshape(-1)
-                order = torch.randperm(num_frames)
-                seconds["batch"] += clock.now() - t0
-                for start in range(0, num_frames - hp.minibatch_size + 1, hp.minibatch_size):
-                    t0 = clock.now()
-                    batch = data[order[start : start + hp.minibatch_size]]
-                    t1 = clock.now()
-                    batch = module.state_encoder(batch)
-                    out = module.loss_module(batch)
-                    loss = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(module.parameters(), hp.max_grad_norm)
-                    optimizer.step()
-                    if schedule is not None:
-                        schedule.step()
-                    seconds["batch"] += t1 - t0
-                    seconds["update"] += clock.now() - t1
-                    step += 1
-                    clock.tick(step, frames)
-                    yield
-                    if step == total_steps:
-                        return
-    finally:
-        collector.shutdown()
-
-
-MINIMAL_LOOPS = {"dqn": minimal_dqn, "ppo": minimal_ppo}
 
 
 # -- one measurement ------------------------------------------------------------------------
@@ -393,7 +337,7 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
-def measure(cfg: DictConfig, algo: str, warmup: int, steps: int, progress_bar: bool,
+def measure(cfg: DictConfig, warmup: int, steps: int, progress_bar: bool,
             now: Callable[[], float], order: tuple[str, ...],
             with_side_costs: bool = False) -> dict[str, Any]:
     """One measurement of both sides. ``order``: ("lockstep",) or the two ways in turn.
@@ -408,12 +352,12 @@ def measure(cfg: DictConfig, algo: str, warmup: int, steps: int, progress_bar: b
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         module, trainer = make_recrl_trainer(cfg, Path(tmp), recrl_clock, progress_bar)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        minimal = build_module(cfg)
+        minimal = build_minimal_module(cfg)
         minimal.train()
         if not same_weights(module, minimal):
             print("warning: the two sides start from different weights (has recrl.build.build "
-                  "changed? update build_module)", file=sys.stderr)
-        minimal_steps = MINIMAL_LOOPS[algo](minimal, minimal_clock, total)
+                  "changed? update build_minimal_module)", file=sys.stderr)
+        minimal_steps = minimal_loop(minimal, minimal_clock, total)
         fit_s = {}
         for way in order:
             start = time.perf_counter()
@@ -554,7 +498,7 @@ def main() -> None:
             else:  # alternate which side goes first, so a slow patch hits both alike
                 order = ("recrl", "minimal") if repeat % 2 == 0 else ("minimal", "recrl")
             last = repeat == args.repeats - 1
-            r = measure(cfg, algo, warmup, steps, progress_bar, now, order,
+            r = measure(cfg, warmup, steps, progress_bar, now, order,
                         with_side_costs=last and not args.no_side_costs)
             results[algo].append(r)
             print(f"  [{repeat + 1}/{args.repeats}] {algo}: updates/s recrl "

@@ -1,14 +1,15 @@
 """The benchmark scripts of bench/: the reference rankers (hand-computed transitions, EASE
 against its definition, the table on a small log, the target it ranks), the simulator table,
-pretrained_policy's head policy and the training benchmark's table (its columns add up).
+pretrained_policy's head policy, and the training benchmark: its table (the columns add up) and
+its minimal loop (the module's own batches and steps).
 fixed_popular, pretrained_policy and ranking_by_target on a real checkpoint are run by the
 README recipe test in tests/test_pretrain.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,8 @@ import torch
 from recrl.data import PreprocessConfig, load_sequences
 from recrl.ranking import evaluate_ranking, most_popular_scorer, popularity_scores
 from recrl.build import with_default_env
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_bench
 from tests.test_ranking import make_sequences
-
-
-def load_bench(name: str):
-    """A script of bench/ (not a package) as a module."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 references = load_bench("ranking_references")
@@ -211,6 +204,59 @@ def test_head_policy_picks_the_best_allowed_item_or_samples_the_softmax_of_allow
     expected = torch.softmax(torch.tensor([1.0, 2.0, 0.0]), 0)  # items 2, 3, 4
     assert frequencies[:2].sum() == 0
     assert torch.allclose(frequencies[2:], expected, atol=0.03)
+
+
+@pytest.mark.parametrize("algo", ["dqn", "ppo"])
+def test_training_benchmarks_minimal_loop_trains_on_the_modules_own_batches(
+        algo: str, tmp_path: Path) -> None:
+    """bench/training.py's minimal side runs the algorithm module's own work, not a copy of it:
+    every batch ``rollout_to_batches`` yields goes to ``training_step`` once, in order, and each
+    is applied by the module's ``optimizer_step`` (DQN: its target network moves; PPO: the
+    learning rate anneals to 0 over the loop's steps, as ``adamw`` schedules it)."""
+    training = load_bench("training")
+    steps = 6
+    cfg = training.compose_config(algo, tmp_path, steps, ["debug=smoke"])
+    module = training.build_minimal_module(cfg)
+    yielded, trained, applied = [], [], []
+    rollout_to_batches, training_step = module.rollout_to_batches, module.training_step
+    optimizer_step = module.optimizer_step
+
+    def spy_batches(rollout):
+        for batch in rollout_to_batches(rollout):
+            yielded.append(batch)
+            yield batch
+
+    def spy_step(batch, batch_idx):
+        trained.append((batch, batch_idx))
+        return training_step(batch, batch_idx)
+
+    def spy_optimizer_step(epoch, batch_idx, optimizer, closure):
+        applied.append(batch_idx)
+        return optimizer_step(epoch, batch_idx, optimizer, closure)
+
+    module.rollout_to_batches, module.training_step = spy_batches, spy_step
+    module.optimizer_step = spy_optimizer_step
+    weights = {k: v.detach().clone() for k, v in module.named_parameters()}
+    if algo == "dqn":
+        target = module.loss_module.target_value_network_params.clone()
+    clock = training.Clock(1, steps, time.perf_counter)
+    loop = training.minimal_loop(module, clock, steps)
+    assert sum(1 for _ in loop) == steps
+
+    assert len(yielded) == steps
+    assert [batch for batch, _ in trained] == yielded  # the same objects, each once, in order
+    assert [index for _, index in trained] == applied == list(range(steps))
+    assert all(not torch.equal(weights[k], v) for k, v in module.named_parameters()
+               if k.startswith("encoder.bert.encoder"))  # the updates reached the encoder
+    if algo == "dqn":
+        assert len(module.replay_buffer) >= cfg.algo.learning_starts
+        moved = target != module.loss_module.target_value_network_params
+        assert moved.any()
+    else:
+        assert module.optimizers().param_groups[0]["lr"] == pytest.approx(0.0)
+    result = clock.result(steps - 1)
+    assert result["logging"] == result["callbacks"] == 0.0
+    assert result["update"] > 0 and result["batch"] > 0
 
 
 def test_training_benchmark_table_adds_up(monkeypatch, capsys) -> None:

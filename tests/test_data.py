@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import subprocess
 import sys
 import threading
 import zipfile
@@ -24,7 +23,7 @@ import torch
 from recrl.data import DataFormatError, PreprocessConfig, load_sequences, preprocess, read_log
 from recrl.data.download import DownloadError, download
 from recrl.data.formats import RawLog, read_ml100k, read_sequences
-from tests.conftest import BEAUTY, ML100K, REPO_ROOT, needs_beauty, needs_ml100k
+from tests.conftest import BEAUTY, ML100K, needs_beauty, needs_ml100k, run_process
 
 RAW = PreprocessConfig(min_user_interactions=3, min_item_interactions=1)  # keeps all of ML-100K
 
@@ -199,6 +198,7 @@ def build_archive(served: Path, source: Path, md5: str | None = None) -> bytes:
     return data
 
 
+@pytest.mark.e2e
 @needs_ml100k
 def test_download_verifies_and_unpacks_from_a_local_server(
     local_server: tuple[str, Path], tmp_path: Path
@@ -206,43 +206,41 @@ def test_download_verifies_and_unpacks_from_a_local_server(
     url, served = local_server
     build_archive(served, ML100K)
     dest = tmp_path / "data"
-    proc = subprocess.run(
-        [sys.executable, "-m", "recrl.data", "download", "ml-100k", "--dest", str(dest),
-         "--base-url", url],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )
+    proc = run_process([sys.executable, "-m", "recrl.data", "download", "ml-100k", "--dest",
+                        str(dest), "--base-url", url], timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (dest / "ml-100k" / "u.data").read_bytes() == (ML100K / "u.data").read_bytes()
     assert sorted(p.name for p in dest.iterdir()) == ["ml-100k"]  # no .part, no staging left
     assert read_ml100k(dest / "ml-100k").interactions["user"].nunique() == 943
 
 
+def u_data_folder(folder: Path, rows: int) -> Path:
+    """A folder holding a ``u.data`` of ``rows`` copies of one rating."""
+    folder.mkdir()
+    (folder / "u.data").write_text("1\t1\t5\t1\n" * rows)
+    return folder
+
+
+def assert_download_fails_leaving_nothing(url: str, dest: Path, match: str) -> None:
+    with pytest.raises(DownloadError, match=match):
+        download("ml-100k", dest, base_url=url)
+    assert list(dest.iterdir()) == []  # no partial file, no staging folder
+
+
 def test_a_checksum_mismatch_leaves_nothing_behind(
     local_server: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, served = local_server
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "u.data").write_text("1\t1\t5\t1\n")
-    build_archive(served, source, md5="0" * 32)
-    dest = tmp_path / "data"
-    with pytest.raises(DownloadError, match="checksum mismatch"):
-        download("ml-100k", dest, base_url=url)
-    assert list(dest.iterdir()) == []
+    build_archive(served, u_data_folder(tmp_path / "src", rows=1), md5="0" * 32)
+    assert_download_fails_leaving_nothing(url, tmp_path / "data", "checksum mismatch")
 
 
 def test_a_truncated_archive_is_reported_as_such(
     local_server: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, served = local_server
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "u.data").write_text("1\t1\t5\t1\n" * 1000)
-    data = build_archive(served, source)
+    data = build_archive(served, u_data_folder(tmp_path / "src", rows=1000))
     truncated = data[: len(data) // 2]
     (served / "ml-100k.zip").write_bytes(truncated)  # its published MD5 matches the cut file
     (served / "ml-100k.zip.md5").write_text(f"{hashlib.md5(truncated).hexdigest()}  ml-100k.zip\n")
-    dest = tmp_path / "data"
-    with pytest.raises(DownloadError, match="not a valid zip archive"):
-        download("ml-100k", dest, base_url=url)
-    assert list(dest.iterdir()) == []
+    assert_download_fails_leaving_nothing(url, tmp_path / "data", "not a valid zip archive")

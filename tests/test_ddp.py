@@ -20,7 +20,10 @@ import torch
 
 from lightning_modules.online import RANK_DUMP_ENV
 from recrl.run import log_file_suffix
-from tests.conftest import REPO_ROOT, run_recrl, run_recrl_in_process
+from tests.conftest import (
+    REPO_ROOT, read_results, recrl_command, run_process, run_recrl, run_recrl_in_process,
+    subprocess_env,
+)
 
 WORLD_SIZE = 2
 
@@ -53,8 +56,7 @@ def run_on_two_machines_through_torchrun(run_dir: Path, *overrides: str) -> None
     port = free_port()
     # Both "machines" share this machine's cores: one thread each (Lightning sizes threads per
     # machine, and two 2-thread processes spinning in gloo on 2 cores run ten times slower).
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(threads=1)
 
     def node(rank: int) -> subprocess.Popen:
         return subprocess.Popen(
@@ -93,6 +95,8 @@ def rank_dumps(run_dir: Path) -> list[dict]:
     return [torch.load(run_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_writes_one_run_folder_with_one_result(ddp_run: Path) -> None:
     # Rank 1 re-runs the command line: it must write into rank 0's run folder, not a new one.
     assert [p.name for p in ddp_run.parent.iterdir()] == ["run"]
@@ -122,9 +126,11 @@ def test_each_process_names_its_own_log_file(monkeypatch: pytest.MonkeyPatch, en
     assert log_file_suffix() == suffix
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_both_ranks_step_and_frames_are_total(ddp_run: Path, algo: str) -> None:
     dumps = rank_dumps(ddp_run)
-    results = json.loads((ddp_run / "results.json").read_text())
+    results = read_results(ddp_run)
     assert results["optimizer_steps"] == 20
     low, high = RANK_FRAMES[algo]
     for dump in dumps:
@@ -134,6 +140,8 @@ def test_ddp_both_ranks_step_and_frames_are_total(ddp_run: Path, algo: str) -> N
     assert all(d["frames"] == results["frames"] for d in dumps)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_evaluation_meets_the_users_of_a_one_process_run(ddp_run: Path) -> None:
     """Rank 0 plays the test users (debug=smoke: 32) and sends the episodes on: every user's
     return under the agent and the baselines is what one process playing the final weights on
@@ -144,7 +152,7 @@ def test_ddp_evaluation_meets_the_users_of_a_one_process_run(ddp_run: Path) -> N
     from recrl.evaluation import play_users
     from recrl.build import build_module
 
-    results = json.loads((ddp_run / "results.json").read_text())
+    results = read_results(ddp_run)
     for stats in (results["agent"], *results["baselines"].values()):
         assert stats["num_users"] == 32 and "users_per_process" not in stats
     recorded = json.loads((ddp_run / "test_returns.json").read_text())
@@ -172,6 +180,8 @@ def test_ddp_evaluation_meets_the_users_of_a_one_process_run(ddp_run: Path) -> N
     assert [int(row["step"]) for row in val_rows] == [0, 10, 20]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_ranks_share_weights_but_not_trajectories(ddp_run: Path) -> None:
     first, second = rank_dumps(ddp_run)
     assert first["state_dict"].keys() == second["state_dict"].keys()
@@ -182,6 +192,8 @@ def test_ddp_ranks_share_weights_but_not_trajectories(ddp_run: Path) -> None:
     assert not torch.equal(rollout_0["reward"], rollout_1["reward"])
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_popular_baseline_counts_every_ranks_clicks(ddp_run: Path) -> None:
     ckpt = torch.load(ddp_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     first, second = rank_dumps(ddp_run)
@@ -207,16 +219,15 @@ def test_ddp_bad_hardware_ends_with_one_clear_error(
     assert expected in message
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_multirun_leaves_one_sweep_folder_with_complete_jobs(tmp_path: Path) -> None:
     # Run from an empty folder with the default sweep folder (outputs/multirun/<date>/<time>),
     # the one rank 1's re-run would resolve anew: it must land in rank 0's sweep folder.
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", RANK_DUMP_ENV: "1",
-           "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "recrl.run", "-m", "debug=smoke", "env.time_budget=50", "algo=dqn",
-         "hardware=ddp_cpu",
-         f"trainer.devices={WORLD_SIZE}", "seed=0,1"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500,
+    proc = run_process(
+        recrl_command("-m", "debug=smoke", "env.time_budget=50", "algo=dqn", "hardware=ddp_cpu",
+                      f"trainer.devices={WORLD_SIZE}", "seed=0,1"),
+        cwd=tmp_path, env=subprocess_env(**{RANK_DUMP_ENV: "1"}), timeout=500,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweeps = [p for p in (tmp_path / "outputs" / "multirun").glob("*/*") if p.is_dir()]
@@ -225,7 +236,7 @@ def test_ddp_multirun_leaves_one_sweep_folder_with_complete_jobs(tmp_path: Path)
     assert len(list(tmp_path.rglob("results.json"))) == 2
     for job, seed in (("0", 0), ("1", 1)):
         job_dir = sweeps[0] / job
-        results = json.loads((job_dir / "results.json").read_text())
+        results = read_results(job_dir)
         assert results["seed"] == seed and results["optimizer_steps"] == 20
         assert (job_dir / "checkpoints" / "last.ckpt").is_file()
         first, second = rank_dumps(job_dir)

@@ -10,11 +10,9 @@ import torch
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from lightning_modules.dqn import DQNModule
-from recrl.baselines import RandomRecommender
 from recrl.encoders import HistoryEncoder
 from recrl.envs import InterestEvolutionEnv
-from recrl.evaluation import evaluate_policy
-from tests.conftest import masked_observation
+from tests.conftest import assert_beats_random, masked_observation
 
 
 def make_module(num_items: int = 60, history_length: int = 5, **kwargs) -> DQNModule:
@@ -98,6 +96,7 @@ def test_target_network_policy_follows_the_module_to_another_device_or_dtype() -
         assert {v.dtype for v in target.values(True, True) if v.is_floating_point()} == {torch.float32}
         evaluated = module.greedy_policy(masked_observation(module, 4))["action_value"]
     assert evaluated.dtype == torch.float32
+@pytest.mark.slow
 def test_dqn_learns_to_beat_random() -> None:
     """A small budget of training clearly separates the greedy policy from random."""
     L.seed_everything(0, verbose=False)
@@ -110,10 +109,7 @@ def test_dqn_learns_to_beat_random() -> None:
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False)
     trainer.fit(module)
-    module.eval()
-    agent = evaluate_policy(module.make_env(300, seed=123), module.greedy_policy)
-    random = evaluate_policy(module.make_env(300, seed=123), RandomRecommender(seed=0))
-    assert agent["return_mean"] - agent["return_ci95"] > random["return_mean"] + random["return_ci95"]
+    assert_beats_random(module)
 
 
 @pytest.mark.parametrize(

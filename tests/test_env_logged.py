@@ -10,7 +10,7 @@ from torchrl.envs.utils import check_env_specs
 
 from recrl.envs import LoggedEnv
 from recrl.observation import CLICKED, PADDING
-from tests.conftest import ML100K, needs_ml100k
+from tests.conftest import ML100K, compose_config, needs_ml100k
 
 NUM_USERS, NUM_ITEMS, PER_USER = 40, 30, 12
 
@@ -186,20 +186,16 @@ def test_a_table_with_its_own_column_names_through_the_data_config(
         log_file: Path, tmp_path: Path) -> None:
     """What the README's `env=logged data.path=... data.format=table data.columns.rating=stars`
     composes: the renamed columns reach the table reader (ratings included)."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-
-    from tests.conftest import REPO_ROOT
 
     renamed = tmp_path / "renamed.csv"
     renamed.write_text(log_file.read_text().replace("user,item,timestamp,rating",
                                                     "uid,sku,ts,stars", 1))
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "env=logged", f"data.path={renamed}", "data.format=table", "data.columns.user=uid",
-            "data.columns.item=sku", "data.columns.timestamp=ts", "data.columns.rating=stars",
-            "data.min_item_interactions=1", f"data.cache_dir={tmp_path / 'cache'}",
-            "env.fit_epochs=20", "env.history_length=4", "env.max_episode_steps=20"])
+    cfg = compose_config(
+        "env=logged", f"data.path={renamed}", "data.format=table", "data.columns.user=uid",
+        "data.columns.item=sku", "data.columns.timestamp=ts", "data.columns.rating=stars",
+        "data.min_item_interactions=1", f"data.cache_dir={tmp_path / 'cache'}",
+        "env.fit_epochs=20", "env.history_length=4", "env.max_episode_steps=20")
     env = instantiate(cfg.env, num_users=4, seed=0)
     reference = make_env(log_file, num_users=4, fit_epochs=20)
     assert torch.equal(env.sequences.items, reference.sequences.items)

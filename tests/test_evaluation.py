@@ -154,6 +154,7 @@ def _evaluate_in_process_group(rank: int, world_size: int, init_file: str, out_d
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_under_ddp_rank_0_plays_the_users_of_a_one_process_run(tmp_path) -> None:
     """Two gloo processes: rank 0 plays all 9 users, rank 1 none (its env would raise), and
     both report exactly what one process playing the same users reports, so runs on any number

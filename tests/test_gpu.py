@@ -8,7 +8,6 @@ collector there, the replay buffer in CPU memory) and write the results a CPU ru
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,7 +16,9 @@ import torch
 from tensordict import TensorDictBase
 
 from recrl.envs import InterestEvolutionEnv, LoggedEnv, uniform_valid_action
-from tests.conftest import ML100K, SHORT_SESSIONS, needs_ml100k, run_recrl, run_recrl_in_process
+from tests.conftest import (
+    ML100K, SHORT_SESSIONS, needs_ml100k, read_results, run_recrl, run_recrl_in_process,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU visible to PyTorch (CI has none)")
@@ -70,7 +71,7 @@ def gpu_run(run_dir: Path, *overrides: str) -> dict:
     error = run_recrl_in_process(run_dir, "debug=smoke", "hardware=gpu", *overrides)
     assert error is None, error
     assert torch.cuda.max_memory_allocated() > 0
-    results = json.loads((run_dir / "results.json").read_text())
+    results = read_results(run_dir)
     assert results["optimizer_steps"] == 20
     for summary in [results["agent"], *results["baselines"].values()]:
         assert math.isfinite(summary["return_mean"])
@@ -105,6 +106,7 @@ def test_movielens_training_runs_on_the_gpu(tmp_path: Path, algo: str,
     assert results["offline_ranking"]["agent"]["full"]["HR@10"] >= 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["dqn", "ppo"])
 def test_a_gpu_checkpoint_resumes_exactly_on_the_gpu_and_with_fresh_users_on_the_cpu(
         tmp_path: Path, algo: str) -> None:
@@ -115,7 +117,7 @@ def test_a_gpu_checkpoint_resumes_exactly_on_the_gpu_and_with_fresh_users_on_the
         error = run_recrl_in_process(run_dir, "debug=smoke", SHORT_SESSIONS, f"algo={algo}",
                                      f"hardware={hardware}", "trainer.max_steps=30", checkpoint)
         assert error is None, error
-        results = json.loads((run_dir / "results.json").read_text())
+        results = read_results(run_dir)
         assert results["optimizer_steps"] == 30
         if hardware == "gpu":  # the saved simulation goes on where it stopped
             assert "resumed_with_fresh_users" not in results
@@ -123,12 +125,14 @@ def test_a_gpu_checkpoint_resumes_exactly_on_the_gpu_and_with_fresh_users_on_the
             assert "ran on cuda, this run simulates on cpu" in results["resumed_with_fresh_users"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_on_the_gpu(tmp_path: Path) -> None:
     # One process per visible GPU, NCCL; a subprocess, so the process group dies with it.
     devices = min(torch.cuda.device_count(), 2)
     proc = run_recrl(tmp_path / "run", "debug=smoke", SHORT_SESSIONS, "hardware=ddp",
                      f"trainer.devices={devices}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    results = read_results(tmp_path / "run")
     assert results["optimizer_steps"] == 20
     assert math.isfinite(results["agent"]["return_mean"])

@@ -4,7 +4,6 @@ learns, and starting RL from it."""
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from functools import partial
 from pathlib import Path
@@ -20,8 +19,9 @@ from recrl.data import Sequences
 from recrl.encoders import HistoryEncoder, ItemScorer
 from recrl.envs import InterestEvolutionEnv
 from recrl.observation import CLICKED, PADDING
-from tests.conftest import ML100K, needs_ml100k, run_recrl, run_recrl_in_process
-from tests.test_bench import load_bench
+from tests.conftest import (
+    ML100K, load_bench, ml100k_data, needs_ml100k, read_results, run_recrl, run_recrl_in_process,
+)
 
 
 def toy_sequences(num_items: int = 12, heldout: tuple[bool, ...] = (False, False, True)) -> Sequences:
@@ -359,6 +359,12 @@ def test_pretraining_needs_logged_sequences() -> None:
         make_module(toy_sequences(), rating_weight=-1.0)
 
 
+def ml100k_run(tmp_path: Path) -> list[str]:
+    """ML-100K from the test data, a shorter taste-model fit, larger ranking chunks."""
+    return [*ml100k_data(tmp_path / "cache"), "env.fit_epochs=50",
+            "evaluation.ranking.chunk_size=1024"]
+
+
 @needs_ml100k
 def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, monkeypatch,
                                                                 capsys) -> None:
@@ -366,12 +372,11 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, 
     run starts from it and reports the same ranking protocols next to its online return. The
     README's per-target breakdown (bench/ranking_by_target.py) of that checkpoint agrees with
     the run's own test-item numbers."""
-    data = [f"data.path={ML100K}", f"data.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
-            "evaluation.ranking.chunk_size=1024"]
+    data = ml100k_run(tmp_path)
     pretrain_dir = tmp_path / "pretrain"
     assert run_recrl_in_process(pretrain_dir, "env=ml100k", "algo=pretrain", "debug=smoke",
                                 *data) is None
-    results = json.loads((pretrain_dir / "results.json").read_text())
+    results = read_results(pretrain_dir)
     ranking = results["offline_ranking"]
     protocols = {"full", "sampled_uniform_100", "sampled_popularity_100"}
     assert set(ranking["agent"]) == set(ranking["popular"]) == set(ranking["protocols"]) == protocols
@@ -408,7 +413,7 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, 
     rl_dir = tmp_path / "ppo"
     assert run_recrl_in_process(rl_dir, "env=ml100k", "algo=ppo", "debug=smoke", *data,
                                 f"encoder.init_from={checkpoint}") is None
-    results = json.loads((rl_dir / "results.json").read_text())
+    results = read_results(rl_dir)
     assert {"random", "popular", "popular_log", "oracle_myopic"} == set(results["baselines"])
     assert set(results["offline_ranking"]["agent"]) == protocols
 
@@ -441,14 +446,14 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, 
 
 
 @needs_ml100k
-@pytest.mark.parametrize("hardware", ["cpu", "ddp_cpu"])
+@pytest.mark.parametrize("hardware", [
+    "cpu", pytest.param("ddp_cpu", marks=[pytest.mark.slow, pytest.mark.e2e])])
 def test_pretraining_with_select_best_ranks_and_saves_its_best_validation_weights(
         tmp_path: Path, monkeypatch, capsys, hardware: str) -> None:
     """evaluation.select=best: the final rankings and best.ckpt (the results' checkpoint) are
     the weights of the highest validation HR@10; last.ckpt stays the final state to resume.
     Also with two DDP processes (gloo), where saving best.ckpt is a collective."""
-    data = [f"data.path={ML100K}", f"data.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
-            "evaluation.ranking.chunk_size=1024"]
+    data = ml100k_run(tmp_path)
     run_dir = tmp_path / "pretrain"
     # A rate high enough that validation HR@10 is not monotone over the 30 steps.
     overrides = ["env=ml100k", "algo=pretrain", "debug=smoke", *data, "trainer.max_steps=30",
@@ -463,7 +468,7 @@ def test_pretraining_with_select_best_ranks_and_saves_its_best_validation_weight
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert sorted(p.name for p in run_dir.glob("run*.log")) == ["run.log", "run.rank1.log"]
         assert len(list(run_dir.parent.rglob("results.json"))) == 1
-    results = json.loads((run_dir / "results.json").read_text())
+    results = read_results(run_dir)
     with open(run_dir / "metrics.csv") as f:
         curve = [(int(row["step"]), float(row["val/HR@10"])) for row in csv.DictReader(f)
                  if row.get("val/HR@10")]
@@ -496,12 +501,11 @@ def test_causal_pretraining_through_the_entry_point_and_rl_from_it(tmp_path: Pat
     """The README's SASRec-style command: it ranks and writes a checkpoint that records its
     objective (bench/ranking_by_target.py reads it and ranks as the run did); an RL run from it
     without encoder.causal=true ends with the one-line fix, and with it runs."""
-    data = [f"data.path={ML100K}", f"data.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=50",
-            "evaluation.ranking.chunk_size=1024"]
+    data = ml100k_run(tmp_path)
     pretrain_dir = tmp_path / "pretrain"
     assert run_recrl_in_process(pretrain_dir, "env=ml100k", "algo=pretrain", "debug=smoke",
                                 "algo.objective=causal", "encoder.causal=true", *data) is None
-    results = json.loads((pretrain_dir / "results.json").read_text())
+    results = read_results(pretrain_dir)
     assert results["optimizer_steps"] == 20
     assert results["offline_ranking"]["agent"]["full"]["HR@10"] > 0
     checkpoint = Path(results["checkpoint"])
@@ -524,7 +528,7 @@ def test_causal_pretraining_through_the_entry_point_and_rl_from_it(tmp_path: Pat
     rl_dir = tmp_path / "ppo_causal"
     assert run_recrl_in_process(rl_dir, "env=ml100k", "algo=ppo", "debug=smoke", *data,
                                 "encoder.causal=true", f"encoder.init_from={checkpoint}") is None
-    results = json.loads((rl_dir / "results.json").read_text())
+    results = read_results(rl_dir)
     assert "agent" in results and "full" in results["offline_ranking"]["agent"]
     # The heads-as-policies script reads the attention from the checkpoint: no override needed.
     monkeypatch.setattr(sys, "argv", ["pretrained_policy.py", str(checkpoint), "--users", "8",

