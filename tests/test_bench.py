@@ -3,7 +3,7 @@ against its definition, the table on a small log, the target it ranks), the simu
 pretrained_policy's head policy, and the training benchmark: its table (the columns add up) and
 its minimal loop (the module's own batches and steps).
 fixed_popular, pretrained_policy and ranking_by_target on a real checkpoint are run by the
-README recipe test in tests/test_pretrain.py."""
+docs recipe test in tests/test_pretrain.py."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def run_references(tmp_path, monkeypatch, capsys, *extra: str,
 
 
 def test_script_prints_every_reference_beside_most_popular(tmp_path, monkeypatch, capsys) -> None:
-    """The README's command on a small log in the BERT4Rec format: one row per ranker, each
+    """The documented command (docs/ranking.md) on a small log in the BERT4Rec format: one row per ranker, each
     protocol's HR@10 / NDCG@10 with its ratio to most-popular (1.00x for most-popular itself)."""
     out, rows = run_references(tmp_path, monkeypatch, capsys)
     assert set(rows) == {"most_popular", "markov", "item_knn", "ease"}

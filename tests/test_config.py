@@ -39,7 +39,7 @@ from tests.conftest import CONF_DIR, compose_config
 #: The pair groups, and the two groups whose choices name their files ``<first>_<second>.yaml``.
 PAIR_GROUPS = {"env_algo": ("env", "algo"), "debug_algo": ("debug", "algo")}
 #: Values a config leaves for the user to give (``???``), and what the test gives instead:
-#: ``env=logged`` reads a log of the user's own, named on the command line (README).
+#: ``env=logged`` reads a log of the user's own, named on the command line (docs/data.md).
 USER_VALUES = {"data.path": "log.csv", "data.format": "table"}
 #: Left missing by Hydra itself outside ``--hydra-help``.
 HYDRA_MISSING = {"hydra.hydra_help.hydra_help"}

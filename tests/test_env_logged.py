@@ -184,7 +184,7 @@ def test_logs_without_ratings_get_a_logistic_taste_model_fitted_in_minibatches(
 
 def test_a_table_with_its_own_column_names_through_the_data_config(
         log_file: Path, tmp_path: Path) -> None:
-    """What the README's `env=logged data.path=... data.format=table data.columns.rating=stars`
+    """What the documented `env=logged data.path=... data.format=table data.columns.rating=stars`
     composes: the renamed columns reach the table reader (ratings included)."""
     from hydra.utils import instantiate
 

@@ -370,7 +370,7 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, 
                                                                 capsys) -> None:
     """Both steps through the entry function: pretraining writes rankings and a checkpoint; an RL
     run starts from it and reports the same ranking protocols next to its online return. The
-    README's per-target breakdown (bench/ranking_by_target.py) of that checkpoint agrees with
+    documented per-target breakdown (bench/ranking_by_target.py) of that checkpoint agrees with
     the run's own test-item numbers."""
     data = ml100k_run(tmp_path)
     pretrain_dir = tmp_path / "pretrain"
@@ -417,7 +417,7 @@ def test_pretrain_then_rl_from_the_checkpoint_the_readme_recipe(tmp_path: Path, 
     assert {"random", "popular", "popular_log", "oracle_myopic"} == set(results["baselines"])
     assert set(results["offline_ranking"]["agent"]) == protocols
 
-    # The README's heads-as-policies table (bench/pretrained_policy.py) on the same test users:
+    # The documented heads-as-policies table (bench/pretrained_policy.py) on the same test users:
     # its random row is the run's own random baseline, number for number.
     rl_overrides = ["--override", "env=ml100k", "debug=smoke", *data]
     monkeypatch.setattr(sys, "argv", ["pretrained_policy.py", str(checkpoint), "--users", "32",
@@ -498,7 +498,7 @@ def test_pretraining_with_select_best_ranks_and_saves_its_best_validation_weight
 @needs_ml100k
 def test_causal_pretraining_through_the_entry_point_and_rl_from_it(tmp_path: Path, monkeypatch,
                                                                    capsys) -> None:
-    """The README's SASRec-style command: it ranks and writes a checkpoint that records its
+    """The documented SASRec-style command (docs/pretraining.md): it ranks and writes a checkpoint that records its
     objective (bench/ranking_by_target.py reads it and ranks as the run did); an RL run from it
     without encoder.causal=true ends with the one-line fix, and with it runs."""
     data = ml100k_run(tmp_path)
@@ -524,7 +524,7 @@ def test_causal_pretraining_through_the_entry_point_and_rl_from_it(tmp_path: Pat
                                  *data, f"encoder.init_from={checkpoint}")
     assert error is not None and "set encoder.causal=true" in error
     assert "\n" not in error.strip()
-    # The README's second command: with the setting, PPO starts from the checkpoint and runs.
+    # The documented second command: with the setting, PPO starts from the checkpoint and runs.
     rl_dir = tmp_path / "ppo_causal"
     assert run_recrl_in_process(rl_dir, "env=ml100k", "algo=ppo", "debug=smoke", *data,
                                 "encoder.causal=true", f"encoder.init_from={checkpoint}") is None
