@@ -27,7 +27,7 @@ from tensordict.nn import TensorDictModuleBase
 
 from recrl.observation import HISTORY_KEYS
 from recrl.baselines import RandomRecommender
-from recrl.encoders.bert import pretraining_objective
+from recrl.encoders.pretrained import pretraining_objective
 from recrl.evaluation import evaluate_policy
 from recrl.build import build_module, with_default_env
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from recrl.encoders.bert import pretraining_objective
+from recrl.encoders.pretrained import pretraining_objective
 from recrl.ranking import evaluate_ranking, most_popular_scorer
 from recrl.build import build_module, with_default_env
 

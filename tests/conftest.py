@@ -175,3 +175,21 @@ def masked_observation(module, num_users: int) -> TensorDictBase:
     mask[:, [7, 9]] = True
     td["action_mask"] = mask
     return td
+
+
+def small_module(module_class, num_items: int = 60, history_length: int = 5,
+                 env_kwargs: dict | None = None, **kwargs):
+    """An algorithm module on a small synthetic simulator and a one-layer encoder, seeded: what
+    the algorithms' unit and learning tests train in seconds."""
+    from functools import partial
+
+    from recrl.encoders import HistoryEncoder
+    from recrl.envs import InterestEvolutionEnv
+
+    torch.manual_seed(0)
+    env_factory = partial(InterestEvolutionEnv, num_items=num_items,
+                          history_length=history_length, **(env_kwargs or {}))
+    encoder = HistoryEncoder(num_items, history_length, hidden_size=32, num_layers=1, num_heads=2,
+                             intermediate_size=64,
+                             item_features=env_factory(num_users=1).item_features)
+    return module_class(encoder, env_factory, **kwargs)

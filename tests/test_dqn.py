@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import lightning as L
 import pytest
 import torch
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from lightning_modules.dqn import DQNModule
-from recrl.encoders import HistoryEncoder
-from recrl.envs import InterestEvolutionEnv
-from tests.conftest import assert_beats_random, masked_observation
+from tests.conftest import assert_beats_random, masked_observation, small_module
 
 
 def make_module(num_items: int = 60, history_length: int = 5, **kwargs) -> DQNModule:
-    torch.manual_seed(0)
-    env_factory = partial(InterestEvolutionEnv, num_items=num_items, history_length=history_length)
-    encoder = HistoryEncoder(num_items, history_length, hidden_size=32, num_layers=1, num_heads=2,
-                             intermediate_size=64,
-                             item_features=env_factory(num_users=1).item_features)
-    return DQNModule(encoder, env_factory, **kwargs)
+    return small_module(DQNModule, num_items, history_length, **kwargs)
 
 
 def test_greedy_policy_never_picks_a_masked_item() -> None:

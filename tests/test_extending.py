@@ -13,7 +13,6 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torchrl.modules import QValueActor
 
@@ -25,7 +24,7 @@ from recrl.envs import InterestEvolutionEnv
 from recrl.evaluation import evaluate_policy
 from recrl.observation import HISTORY_KEYS
 from recrl.results import final_evaluation, optimized_metric
-from tests.conftest import REPO_ROOT, SHORT_SESSIONS, run_recrl_in_process
+from tests.conftest import REPO_ROOT, SHORT_SESSIONS, run_recrl_in_process, small_module
 
 DOC = REPO_ROOT / "docs" / "extending.md"
 
@@ -52,12 +51,7 @@ def test_the_documented_example_is_the_code_in_the_repository() -> None:
 
 
 def make_module(num_items: int = 60, history_length: int = 5, **kwargs) -> ReinforceModule:
-    torch.manual_seed(0)
-    env_factory = partial(InterestEvolutionEnv, num_items=num_items, history_length=history_length)
-    encoder = HistoryEncoder(num_items, history_length, hidden_size=32, num_layers=1, num_heads=2,
-                             intermediate_size=64,
-                             item_features=env_factory(num_users=1).item_features)
-    return ReinforceModule(encoder, env_factory, **kwargs)
+    return small_module(ReinforceModule, num_items, history_length, **kwargs)
 
 
 def test_returns_and_advantages_are_the_hand_computed_ones() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import lightning as L
 import pytest
 import torch
@@ -11,20 +9,13 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from lightning_modules.ppo import PPOModule
-from recrl.encoders import HistoryEncoder
-from recrl.envs import InterestEvolutionEnv
-from tests.conftest import assert_beats_random, masked_observation
+from tests.conftest import assert_beats_random, masked_observation, small_module
 
 
 def make_module(num_items: int = 60, history_length: int = 5, env_kwargs: dict | None = None,
                 **kwargs) -> PPOModule:
-    torch.manual_seed(0)
-    env_factory = partial(InterestEvolutionEnv, num_items=num_items,
-                          history_length=history_length, **(env_kwargs or {}))
-    encoder = HistoryEncoder(num_items, history_length, hidden_size=32, num_layers=1, num_heads=2,
-                             intermediate_size=64,
-                             item_features=env_factory(num_users=1).item_features)
-    return PPOModule(encoder, env_factory, **{"anneal_lr": False, **kwargs})
+    return small_module(PPOModule, num_items, history_length, env_kwargs,
+                        **{"anneal_lr": False, **kwargs})
 
 
 def fit(module: PPOModule, max_steps: int) -> None:

@@ -41,7 +41,6 @@ from recrl.torchrl_state import (
     TorchRLInternalsError, check_torchrl_internals, collector_state, load_replay_buffer_state,
     replay_buffer_state, restore_collector, restore_rng, rng_state, td_from_state, td_to_state,
 )
-from recrl.envs import InterestEvolutionEnv, uniform_valid_action
 from tests.conftest import REPO_ROOT, read_results, recrl_command, subprocess_env
 
 #: Small runs with short sessions (time_budget 20) so that evaluations are quick.

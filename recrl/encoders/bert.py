@@ -20,9 +20,6 @@ from transformers import BertConfig, BertModel
 
 from recrl.encoders.base import HistoryEncoderBase
 
-# bench/ reads a checkpoint's objective from here; it lives in recrl/encoders/pretrained.py.
-from recrl.encoders.pretrained import pretraining_objective  # noqa: F401
-
 
 class HistoryEncoder(HistoryEncoderBase):
     """A `HistoryEncoderBase` whose backbone is a ``BertModel`` (``self.bert``; sdpa attention).
