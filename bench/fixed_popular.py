@@ -74,7 +74,7 @@ def main() -> None:
     for frames in args.frames:
         clicks = random_exposure_clicks(module, probe_env.num_items, frames, args.seed)
         episodes = play_users(
-            lambda n, s: module.make_env(n, seed=s, split="heldout"),
+            lambda n, s: module.make_env(n, seed=s, split="test"),
             lambda env: MostPopularRecommender(clicks),
             num_users=cfg.evaluation.final_num_users, seed=cfg.evaluation.seed,
             max_steps=cfg.evaluation.max_steps,

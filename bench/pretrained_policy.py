@@ -84,7 +84,7 @@ def main() -> None:
           f"held-out test users (seed {cfg.evaluation.seed}):\n")
     print("| policy | return | episode length |\n|---|---:|---:|")
     for name, policy in policies.items():
-        env = module.make_env(args.users, seed=cfg.evaluation.seed, split="heldout")
+        env = module.make_env(args.users, seed=cfg.evaluation.seed, split="test")
         result = evaluate_policy(env, policy, cfg.evaluation.max_steps)
         print(f"| {name} | {result['return_mean']:.1f} ± {result['return_ci95']:.1f} | "
               f"{result['episode_length']:.1f} |", flush=True)

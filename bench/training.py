@@ -386,7 +386,7 @@ def side_costs(cfg: DictConfig, module: Any, trainer: L.Trainer, tmp: Path,
     start = now()
     trainer.save_checkpoint(tmp / "probe.ckpt")
     checkpoint_s = now() - start
-    env = module.make_env(cfg.evaluation.num_users, seed=cfg.evaluation.val_seed, split="heldout")
+    env = module.make_env(cfg.evaluation.num_users, seed=cfg.evaluation.val_seed, split="validation")
     start = now()
     evaluate_policy(env, module.greedy_policy, max_steps=cfg.evaluation.max_steps)
     return {"checkpoint_s": checkpoint_s, "evaluation_s": now() - start}

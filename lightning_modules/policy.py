@@ -111,8 +111,9 @@ class PolicyModule(L.LightningModule):
                 tensor.copy_(snapshot["weights"][name])
 
     def make_env(self, num_users: int, seed: int, split: str = "train") -> EnvBase:
-        """``split``: "train" users for training, "heldout" users for evaluation (simulators
-        of logged data keep them apart; synthetic users are fresh draws either way).
+        """``split``: "train" users for training, "validation" users for choosing weights and
+        hyper-parameters, "test" users for the final evaluation (simulators of logged data keep
+        the three apart and meet each evaluation user once; synthetic users are fresh draws).
 
         The env lives where the module does (the GPU under ``hardware=gpu`` / ``ddp``), so the
         collector and the evaluation step users and policy without copying between devices. A

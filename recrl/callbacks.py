@@ -116,7 +116,7 @@ class PeriodicEvaluation(EveryNSteps):
         pl_module.eval()
         try:
             metrics = summarise(play_users(
-                lambda num_users, seed: pl_module.make_env(num_users, seed=seed, split="heldout"),
+                lambda num_users, seed: pl_module.make_env(num_users, seed=seed, split="validation"),
                 lambda env: pl_module.greedy_policy,
                 num_users=self.num_users, seed=self.seed, max_steps=self.max_steps,
             ))
@@ -153,7 +153,7 @@ class RankingValidation(EveryNSteps):
     A fixed, seeded sample of ``num_users`` users (all of them when there are fewer), ranked on
     their leave-one-out *validation* item (the test item is kept for the final numbers). Logs
     ``val/HR@10`` and ``val/NDCG@10`` straight to the loggers, like `PeriodicEvaluation`.
-    ``heldout_only`` samples the log's held-out users only: when pretraining trains on the
+    ``heldout_only`` samples the log's validation users only: when pretraining trains on the
     other users' validation items, theirs would not measure anything.
 
     With ``keep_best`` it also keeps a copy of the weights with the highest validation HR@10 so
@@ -168,11 +168,12 @@ class RankingValidation(EveryNSteps):
         super().__init__(every_n_steps, keep_best)
         if sequences is None:
             raise ValueError("ranking validation needs the logged sequences of a logged-data env")
-        pool = (torch.nonzero(sequences.heldout_users).squeeze(1) if heldout_only
+        pool = (sequences.users_of("validation") if heldout_only
                 else torch.arange(sequences.num_users))
         if pool.numel() == 0:
-            raise ValueError("no held-out users to validate on: raise data.holdout_user_fraction "
-                             "or set algo.train_on_validation_item=false")
+            raise ValueError("no validation users to validate on: raise "
+                             "data.validation_user_fraction or set "
+                             "algo.train_on_validation_item=false")
         generator = torch.Generator().manual_seed(seed)
         users = pool[torch.randperm(pool.numel(), generator=generator)[:num_users]]
         self.users = users.sort().values

@@ -57,17 +57,35 @@ def policy_results(module: Any, run: FinishedRun) -> RunResults | None:
         return None
     test_returns = {"population": evaluation_population(cfg), "returns": returns}
     results.update(module.progress())
-    results["evaluation_protocol"] = (
-        f"online, simulator, {cfg.evaluation.final_num_users} held-out test users "
-        f"(seed {cfg.evaluation.seed}), one episode each, greedy policy with the "
-        f"{cfg.evaluation.select} weights by the return of {cfg.evaluation.num_users} "
-        f"validation users (seed {cfg.evaluation.val_seed}); ± is a 95% CI over users"
-    )
+    results["evaluation_protocol"] = evaluation_protocol(cfg, run.sequences,
+                                                        results["agent"]["num_users"])
+    if run.sequences is not None:
+        results["users"] = {split: int(run.sequences.users_of(split).numel())
+                            for split in ("train", "validation", "test")}
     if run.sequences is not None:
         results["offline_ranking"] = offline_ranking(module, run.sequences, cfg)
     plot_evaluation_curve(run.validation.curve, results["baselines"],
                           run.output_dir / EVALUATION_PLOT, title=run.title)
     return RunResults(results, {TEST_RETURNS_FILE: test_returns})
+
+
+def evaluation_protocol(cfg: DictConfig, sequences: Sequences | None, num_test: int) -> str:
+    """How the final numbers were measured, in words (``results.json``)."""
+    evaluation = cfg.evaluation
+    if sequences is None:  # a simulator of fresh users: every draw is a new user
+        test = f"{num_test} fresh test users (seed {evaluation.seed})"
+        validation = f"{evaluation.num_users} fresh validation users (seed {evaluation.val_seed})"
+        ci = "users"
+    else:  # a log's users: the test and validation users are distinct users, each met once
+        num_validation = min(evaluation.num_users, int(sequences.users_of("validation").numel()))
+        test = (f"{num_test} of the log's {int(sequences.users_of('test').numel())} test users "
+                f"(seed {evaluation.seed}), each once")
+        validation = (f"{num_validation} of its "
+                      f"{int(sequences.users_of('validation').numel())} validation users "
+                      f"(seed {evaluation.val_seed})")
+        ci = "distinct users (a logged user's greedy episode is deterministic)"
+    return (f"online, simulator, {test}, one episode each, greedy policy with the "
+            f"{evaluation.select} weights by the return of {validation}; ± is a 95% CI over {ci}")
 
 
 def pretraining_results(module: Any, run: FinishedRun) -> RunResults | None:
@@ -159,7 +177,7 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
     def play(policy_for_env) -> tuple[Episodes, dict[str, Any]]:
         # Under DDP process 0 plays the users and sends the episodes on (call on every process).
         episodes = play_users(
-            lambda n, s: module.make_env(n, seed=s, split="heldout"), policy_for_env,
+            lambda n, s: module.make_env(n, seed=s, split="test"), policy_for_env,
             num_users=num_users, seed=seed, max_steps=cfg.evaluation.max_steps,
         )
         return episodes, summarise(episodes)
@@ -182,7 +200,7 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
     if sequences is not None:
         counts = log_popularity(sequences, users=~sequences.heldout_users)
         played["popular_log"] = play(lambda env: MostPopularRecommender(counts))
-    if module.make_env(1, seed=seed, split="heldout").has_expected_reward:  # only simulators with hidden state
+    if module.make_env(1, seed=seed, split="test").has_expected_reward:  # only simulators with hidden state
         played["oracle_myopic"] = play(MyopicOracle)
     baselines = {}
     for name, (episodes, summary) in played.items():

@@ -192,7 +192,7 @@ class WandbTracking(EveryNSteps):
 
     @torch.no_grad()
     def examples(self, pl_module: Any) -> tuple[list[str], list[list[Any]]]:
-        env = pl_module.make_env(self.example_users, seed=self.seed, split="heldout")
+        env = pl_module.make_env(self.example_users, seed=self.seed, split="validation")
         texts = getattr(env, "item_texts", None)
         policy = pl_module.greedy_policy
         with set_exploration_type(ExplorationType.DETERMINISTIC):

@@ -105,7 +105,7 @@ def hand_made_log() -> RawLog:
 
 def test_threshold_k_core_chronological_order_and_reindexing() -> None:
     config = PreprocessConfig(min_rating=4.0, min_user_interactions=3, min_item_interactions=2,
-                              holdout_user_fraction=0.0)
+                              validation_user_fraction=0.0, test_user_fraction=0.0)
     sequences = preprocess(hand_made_log(), config)
     # min_rating 4 drops (10,102) and (20,104); user 30 then has 2 < 3 interactions -> dropped;
     # every remaining item (100, 101, 103) has 2 interactions -> kept.
@@ -123,10 +123,28 @@ def test_threshold_k_core_chronological_order_and_reindexing() -> None:
 
 def test_user_level_split_is_seeded() -> None:
     config = PreprocessConfig(min_user_interactions=3, min_item_interactions=1,
-                              holdout_user_fraction=0.5, split_seed=3)
-    first = preprocess(hand_made_log(), config).heldout_users
-    again = preprocess(hand_made_log(), config).heldout_users
-    assert torch.equal(first, again) and first.sum().item() == 1  # 2 users -> 1 held out
+                              test_user_fraction=0.5, validation_user_fraction=0.0, split_seed=3)
+    first = preprocess(hand_made_log(), config)
+    again = preprocess(hand_made_log(), config)
+    assert torch.equal(first.heldout_users, again.heldout_users)
+    assert first.heldout_users.sum().item() == 1  # 2 users -> 1 held out, for testing
+    assert torch.equal(first.test_users, first.heldout_users) and not first.validation_users.any()
+
+
+def test_the_three_way_split_keeps_the_ten_percent_hold_out_and_halves_it() -> None:
+    """Validation and test users are disjoint; at 0.05 + 0.05 they are, together, exactly the
+    users the single 10% hold-out of one seeded permutation took (so the training users of
+    earlier runs are unchanged)."""
+    users = [(u, i, t, 5.0) for u in range(40) for t, i in enumerate(range(u % 7, u % 7 + 4))]
+    log = RawLog(pd.DataFrame(users, columns=["user", "item", "timestamp", "rating"]), name="40")
+    sequences = preprocess(log, PreprocessConfig(min_user_interactions=3, min_item_interactions=1,
+                                                 split_seed=5))
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(5))
+    assert set(torch.nonzero(sequences.heldout_users).squeeze(1).tolist()) == set(order[:4].tolist())
+    assert sequences.users_of("test").tolist() == sorted(order[:2].tolist())
+    assert sequences.users_of("validation").tolist() == sorted(order[2:4].tolist())
+    with pytest.raises(ValueError, match="validation_user_fraction"):
+        PreprocessConfig(validation_user_fraction=0.6, test_user_fraction=0.5)
 
 
 def test_preprocessed_tensors_are_cached_by_data_and_config(tmp_path: Path) -> None:

@@ -169,7 +169,7 @@ def test_ddp_evaluation_meets_the_users_of_a_one_process_run(ddp_run: Path) -> N
     torch.set_num_threads(1)  # as each DDP process ran: the same sums, the same greedy choices
     try:
         for name, policy in policies.items():
-            episodes = play_users(lambda n, s: module.make_env(n, seed=s, split="heldout"),
+            episodes = play_users(lambda n, s: module.make_env(n, seed=s, split="test"),
                                   policy, num_users=cfg.evaluation.final_num_users,
                                   seed=cfg.evaluation.seed, max_steps=cfg.evaluation.max_steps)
             assert episodes.returns.tolist() == pytest.approx(recorded["returns"][name]), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ from torchrl.envs.utils import check_env_specs
 
 from recrl.envs import LoggedEnv
 from recrl.observation import CLICKED, PADDING
-from tests.conftest import ML100K, compose_config, needs_ml100k
+from tests.conftest import (
+    ML100K, compose_config, ml100k_data, needs_ml100k, read_results, run_recrl_in_process,
+)
 
 NUM_USERS, NUM_ITEMS, PER_USER = 40, 30, 12
 
@@ -29,7 +32,7 @@ def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 #: The keys of make_env's options that describe the log (DataConfig), not the simulator.
 DATA_KEYS = {"format", "columns", "min_rating", "min_user_interactions", "min_item_interactions",
-             "holdout_user_fraction", "split_seed", "cache_dir"}
+             "validation_user_fraction", "test_user_fraction", "split_seed", "cache_dir"}
 
 
 def make_env(log_file: Path, num_users: int = 8, **kwargs) -> LoggedEnv:
@@ -138,15 +141,43 @@ def test_episodes_are_capped(log_file: Path) -> None:
     assert rollout["next", "truncated"][:, -1].all() and not rollout["next", "done"][:, :-1].any()
 
 
-def test_training_and_heldout_users_never_mix(log_file: Path) -> None:
-    train = make_env(log_file, num_users=256, holdout_user_fraction=0.25)
-    heldout = make_env(log_file, num_users=256, holdout_user_fraction=0.25, user_split="heldout")
+def test_training_validation_and_test_users_never_mix(log_file: Path) -> None:
+    """Three disjoint user sets from one seeded permutation; training draws its users with
+    replacement, session after session, and meets neither evaluation set."""
+    split = {"validation_user_fraction": 0.2, "test_user_fraction": 0.3}
+    train = make_env(log_file, num_users=256, **split)
     train.reset()
-    heldout.reset()
-    held = set(torch.nonzero(train.sequences.heldout_users).squeeze(1).tolist())
-    assert len(held) == NUM_USERS // 4
-    assert set(heldout.users.user.tolist()) == held  # 256 draws cover all 10
-    assert not set(train.users.user.tolist()) & held
+    sequences = train.sequences
+    users = {name: set(sequences.users_of(name).tolist())
+             for name in ("train", "validation", "test")}
+    assert [len(users[name]) for name in ("validation", "test")] == [NUM_USERS // 5,
+                                                                     3 * NUM_USERS // 10]
+    assert not users["validation"] & users["test"]
+    assert users["train"] | users["validation"] | users["test"] == set(range(NUM_USERS))
+    assert not users["train"] & (users["validation"] | users["test"])
+    assert set(train.users.user.tolist()) == users["train"]  # 256 draws with replacement
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_an_evaluation_meets_each_user_of_its_split_once(log_file: Path, split: str) -> None:
+    """Asked for more users than the split has, the batch is the split, each user once; asked
+    for fewer, a seeded sample without replacement (the same for the same seed)."""
+    options = {"validation_user_fraction": 0.2, "test_user_fraction": 0.3, "user_split": split}
+    whole = make_env(log_file, num_users=500, **options)
+    whole.reset()
+    members = whole.sequences.users_of(split)
+    assert whole.batch_size[0] == members.numel()
+    assert sorted(whole.users.user.tolist()) == members.tolist()  # every user, none twice
+    sample = make_env(log_file, num_users=4, **options)
+    sample.reset()
+    drawn = sample.users.user.tolist()
+    assert len(set(drawn)) == 4 and set(drawn) <= set(members.tolist())
+    again = make_env(log_file, num_users=4, **options)
+    again.reset()
+    assert again.users.user.tolist() == drawn
+    # An episode that ends and is reset replays the same user in that slot, never another.
+    sample.users.reset(torch.ones(4, dtype=torch.bool), sample.rng)
+    assert sample.users.user.tolist() == drawn
 
 
 def test_a_missing_log_says_how_to_get_it(tmp_path: Path) -> None:
@@ -201,3 +232,22 @@ def test_a_table_with_its_own_column_names_through_the_data_config(
     assert torch.equal(env.sequences.items, reference.sequences.items)
     assert torch.equal(env.sequences.ratings, reference.sequences.ratings)
     assert env.sequences.ratings.unique().tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+@needs_ml100k
+def test_a_run_on_logged_data_evaluates_each_test_user_once(tmp_path: Path) -> None:
+    """Through the CLI: the final evaluation plays every one of ML-100K's 47 test users once (500
+    asked for), the agent and every baseline on the same users, and says so; validation meets
+    other users of the log."""
+    run_dir = tmp_path / "run"
+    message = run_recrl_in_process(run_dir, "env=ml100k", *ml100k_data(tmp_path / "cache"),
+                                   "debug=smoke", "evaluation.final_num_users=500")
+    assert message is None
+    results = read_results(run_dir)
+    assert results["users"] == {"train": 849, "validation": 47, "test": 47}
+    assert results["agent"]["num_users"] == 47
+    assert all(b["num_users"] == 47 for b in results["baselines"].values())
+    assert "47 of the log's 47 test users" in results["evaluation_protocol"]
+    assert "CI over distinct users" in results["evaluation_protocol"]
+    returns = json.loads((run_dir / "test_returns.json").read_text())["returns"]
+    assert {len(r) for r in returns.values()} == {47}

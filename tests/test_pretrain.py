@@ -84,15 +84,18 @@ def test_train_on_validation_item_adds_it_and_never_the_test_item() -> None:
     torch.testing.assert_close(batch["next_rating"], batch["next_item"].float() / 10)
 
 
-def test_ranking_validation_ranks_held_out_users_when_their_validation_items_are_trained_on(
+def test_ranking_validation_ranks_validation_users_when_their_validation_items_are_trained_on(
         ) -> None:
+    """Pretraining that trains on every training user's validation item validates on the
+    validation users alone (never on the test users either)."""
     sequences = toy_sequences(heldout=(False, True, True))
+    sequences.validation_users = torch.tensor([False, True, False])  # user 2 is a test user
     everyone = RankingValidation(sequences, every_n_steps=10, num_users=5, seed=0)
     held_out = RankingValidation(sequences, every_n_steps=10, num_users=5, seed=0,
                                  heldout_only=True)
     assert everyone.users.tolist() == [0, 1, 2]
-    assert held_out.users.tolist() == [1, 2]
-    with pytest.raises(ValueError, match="no held-out users"):
+    assert held_out.users.tolist() == [1]
+    with pytest.raises(ValueError, match="no validation users"):
         RankingValidation(toy_sequences(heldout=(False, False, False)), every_n_steps=10,
                           num_users=5, seed=0, heldout_only=True)
 

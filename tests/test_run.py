@@ -161,7 +161,7 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
     module, _ = build_module(cfg)
     select_weights(module, SimpleNamespace(best=best), "best")  # as the run loads them
     module.eval()
-    env = module.make_env(cfg.evaluation.num_users, seed=cfg.evaluation.val_seed, split="heldout")
+    env = module.make_env(cfg.evaluation.num_users, seed=cfg.evaluation.val_seed, split="validation")
     again = evaluate_policy(env, module.greedy_policy, max_steps=cfg.evaluation.max_steps)
     assert again["return_mean"] == pytest.approx(selected["val_return"])
 
@@ -171,7 +171,7 @@ def test_select_best_evaluates_the_best_validation_weights(tmp_path: Path, greed
     if selected["step"] == 25:
         assert torch.equal(best["item_clicks"], final_clicks)
     popular = evaluate_policy(
-        module.make_env(8, seed=cfg.evaluation.seed, split="heldout"),
+        module.make_env(8, seed=cfg.evaluation.seed, split="test"),
         MostPopularRecommender(module.item_clicks), max_steps=cfg.evaluation.max_steps,
     )
     assert popular["return_mean"] == pytest.approx(results["baselines"]["popular"]["return_mean"])

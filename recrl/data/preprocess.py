@@ -44,7 +44,8 @@ class PreprocessConfig:
     min_rating: float | None = None
     min_user_interactions: int = 5
     min_item_interactions: int = 5
-    holdout_user_fraction: float = 0.1
+    validation_user_fraction: float = 0.05
+    test_user_fraction: float = 0.05
     split_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -57,9 +58,13 @@ class PreprocessConfig:
             raise ValueError(
                 f"data.min_item_interactions must be >= 1, got {self.min_item_interactions}"
             )
-        if not 0.0 <= self.holdout_user_fraction < 1.0:
+        for name in ("validation_user_fraction", "test_user_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"data.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.validation_user_fraction + self.test_user_fraction >= 1.0:
             raise ValueError(
-                f"data.holdout_user_fraction must be in [0, 1), got {self.holdout_user_fraction}"
+                "data.validation_user_fraction + data.test_user_fraction must leave users to "
+                f"train on (< 1), got {self.validation_user_fraction} + {self.test_user_fraction}"
             )
 
 
@@ -75,7 +80,8 @@ class DataConfig:
     min_rating: float | None = None
     min_user_interactions: int = 5
     min_item_interactions: int = 5
-    holdout_user_fraction: float = 0.1
+    validation_user_fraction: float = 0.05
+    test_user_fraction: float = 0.05
     split_seed: int = 0
     cache_dir: str | None = None
 
@@ -96,7 +102,8 @@ class DataConfig:
         return PreprocessConfig(
             min_rating=self.min_rating, min_user_interactions=self.min_user_interactions,
             min_item_interactions=self.min_item_interactions,
-            holdout_user_fraction=self.holdout_user_fraction, split_seed=self.split_seed)
+            validation_user_fraction=self.validation_user_fraction,
+            test_user_fraction=self.test_user_fraction, split_seed=self.split_seed)
 
     @property
     def table_columns(self) -> dict[str, str | None]:
@@ -113,11 +120,33 @@ class Sequences:
     num_items: int
     item_raw_ids: Tensor  # [N+1] long, raw id of each new id (index 0: padding, -1)
     user_raw_ids: Tensor  # [U] long
-    heldout_users: Tensor  # [U] bool, the user-level split's held-out users
+    heldout_users: Tensor  # [U] bool, users never trained on: the validation and test users
     ratings: Tensor | None = None  # [I] float32 aligned with ``items``; None if the log has none
     # [N+1] item text ("title | genres"; "" at padding and for items without metadata), or None
     # for formats without item metadata. Input of recrl.encoders.text.embed_item_texts.
     item_texts: list[str] | None = None
+    # [U] bool, the held-out users that validation meets (weights, hyper-parameters); the other
+    # held-out users are the test users. None: no validation users (sequences built by hand).
+    validation_users: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.validation_users is None:
+            self.validation_users = torch.zeros_like(self.heldout_users)
+        if (self.validation_users & ~self.heldout_users).any():
+            raise ValueError("validation users must be held-out users")
+
+    @property
+    def test_users(self) -> Tensor:
+        """``[U]`` bool: the held-out users only the final evaluation meets."""
+        return self.heldout_users & ~self.validation_users
+
+    def users_of(self, split: str) -> Tensor:
+        """The users (indices, ascending) of ``split``: "train", "validation" or "test"."""
+        masks = {"train": ~self.heldout_users, "validation": self.validation_users,
+                 "test": self.test_users}
+        if split not in masks:
+            raise ValueError(f"user split must be one of {tuple(masks)}, got {split!r}")
+        return torch.nonzero(masks[split]).squeeze(1)
 
     @property
     def num_users(self) -> int:
@@ -162,7 +191,7 @@ class Sequences:
         return {"items": self.items, "offsets": self.offsets, "num_items": self.num_items,
                 "item_raw_ids": self.item_raw_ids, "user_raw_ids": self.user_raw_ids,
                 "heldout_users": self.heldout_users, "ratings": self.ratings,
-                "item_texts": self.item_texts}
+                "item_texts": self.item_texts, "validation_users": self.validation_users}
 
 
 def window_positions(start: Tensor, end: Tensor, length: int) -> tuple[Tensor, Tensor]:
@@ -224,10 +253,16 @@ def preprocess(log: RawLog, config: PreprocessConfig) -> Sequences:
     user_codes, user_raw = pd.factorize(frame["user"])
     item_codes, item_raw = pd.factorize(frame["item"])
     lengths = torch.bincount(torch.as_tensor(user_codes), minlength=len(user_raw))
+    # One seeded permutation of the users: its first test users, then its validation users, are
+    # held out (at 0.05 + 0.05 these are exactly the users a single 10% hold-out took before).
     generator = torch.Generator().manual_seed(config.split_seed)
-    num_heldout = int(round(config.holdout_user_fraction * len(user_raw)))
+    order = torch.randperm(len(user_raw), generator=generator)
+    num_test = int(round(config.test_user_fraction * len(user_raw)))
+    num_validation = int(round(config.validation_user_fraction * len(user_raw)))
     heldout = torch.zeros(len(user_raw), dtype=torch.bool)
-    heldout[torch.randperm(len(user_raw), generator=generator)[:num_heldout]] = True
+    heldout[order[: num_test + num_validation]] = True
+    validation = torch.zeros(len(user_raw), dtype=torch.bool)
+    validation[order[num_test : num_test + num_validation]] = True
     return Sequences(
         items=torch.as_tensor(item_codes, dtype=torch.long) + 1,
         offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
@@ -236,6 +271,7 @@ def preprocess(log: RawLog, config: PreprocessConfig) -> Sequences:
                                                                   dtype=torch.long)]),
         user_raw_ids=torch.tensor(user_raw.to_numpy(), dtype=torch.long),
         heldout_users=heldout,
+        validation_users=validation,
         ratings=None if frame["rating"].isna().any()
         else torch.tensor(frame["rating"].to_numpy(), dtype=torch.float32),
         item_texts=item_texts_from(log.items, item_raw),

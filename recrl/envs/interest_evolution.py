@@ -190,10 +190,11 @@ class InterestEvolutionEnv(RecEnv):
         observe_topics: bool = True,
         user_split: str = "train",
     ) -> None:
-        # Synthetic users are fresh draws of the generator: training and held-out users differ
-        # by seed, so the split name is only checked, for the same interface as logged data.
-        if user_split not in ("train", "heldout"):
-            raise ValueError(f"user_split must be 'train' or 'heldout', got {user_split!r}")
+        # Synthetic users are fresh draws of the generator: training, validation and test users
+        # differ by seed, so the split name is only checked, for the same interface as logged data.
+        if user_split not in ("train", "validation", "test"):
+            raise ValueError(
+                f"user_split must be 'train', 'validation' or 'test', got {user_split!r}")
         users = InterestEvolutionUsers(
             num_users,
             num_items,

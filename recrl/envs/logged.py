@@ -154,6 +154,7 @@ class LoggedUsers(UserResponseModel):
         click_rating: float = 4.0,
         boredom_window: int = 5,
         boredom_quantile: float = 0.05,
+        distinct_users: bool = False,
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__(num_users, sequences.num_items, device)
@@ -161,7 +162,16 @@ class LoggedUsers(UserResponseModel):
         if not 0.0 <= boredom_quantile < 1.0:
             raise ValueError(f"env.boredom_quantile must be in [0, 1), got {boredom_quantile}")
         if user_pool.numel() == 0:
-            raise ValueError("the user split is empty: lower data.holdout_user_fraction or use more data")
+            raise ValueError("the user split is empty: raise data.validation_user_fraction / "
+                             "data.test_user_fraction (or lower both, for training users), or "
+                             "use more data")
+        if distinct_users and num_users > user_pool.numel():
+            raise ValueError(f"{num_users} distinct users asked for, the split has "
+                             f"{user_pool.numel()}")
+        #: Evaluation: every slot holds its own user of the pool (a seeded sample without
+        #: replacement, drawn at the first reset), so no user counts twice.
+        self.distinct_users = distinct_users
+        self._slots: Tensor | None = None
         # The log and the fitted world live on the CPU (shared by every env of a run); what a
         # step reads is copied to this simulator's device once, here.
         self.taste = taste.to(self.device)
@@ -204,8 +214,15 @@ class LoggedUsers(UserResponseModel):
         return items, response, watch
 
     def reset(self, mask: Tensor, generator: torch.Generator) -> None:
-        drawn = self.user_pool[torch.randint(0, self.user_pool.numel(), (self.num_users,),
-                                             generator=generator, device=self.device)]
+        if self.distinct_users:
+            if self._slots is None:
+                order = torch.randperm(self.user_pool.numel(), generator=generator,
+                                       device=self.device)
+                self._slots = self.user_pool[order[: self.num_users]]
+            drawn = self._slots  # a slot reset again replays its own user
+        else:  # training: users drawn with replacement, as many sessions as training needs
+            drawn = self.user_pool[torch.randint(0, self.user_pool.numel(), (self.num_users,),
+                                                 generator=generator, device=self.device)]
         self.user = torch.where(mask, drawn, self.user)
         self.recent = self.recent.where(~mask[:, None], 0)
 
@@ -269,15 +286,20 @@ def load_world(path: str, format: str, preprocess: PreprocessConfig, fit: FitCon
     return world
 
 
-#: Which users an env draws: the training users, or the held-out users (evaluation).
-USER_SPLITS = ("train", "heldout")
+#: Which users an env draws: the training users (with replacement, session after session), or
+#: the validation or test users (evaluation: each at most once).
+USER_SPLITS = ("train", "validation", "test")
 
 
 class LoggedEnv(RecEnv):
     """`RecEnv` over real users of a log, answered by a fitted taste model (module docstring).
 
     ``batch_size = [num_users]``; each reset draws users of ``user_split`` with the env's
-    generator. The data is read, preprocessed and fitted once per process and cached on disk.
+    generator: training users with replacement; validation and test users without (a seeded
+    sample of ``num_users`` of them, or all of them when the split has no more: the batch is
+    then the split's size), so an evaluation meets each user once and its interval is over
+    distinct users. A logged user's episode under a greedy policy is deterministic (start
+    history, taste model and boredom rule are), so one episode per user is the whole answer. The data is read, preprocessed and fitted once per process and cached on disk.
     ``data`` is the log and its preprocessing (`DataConfig`: the ``data`` config node, whole);
     the other arguments are the simulator's (``conf/env/logged.yaml``).
     """
@@ -312,14 +334,16 @@ class LoggedEnv(RecEnv):
             data.cache_dir, data.table_columns,
         )
         sequences = world.sequences
-        heldout = sequences.heldout_users
-        pool = torch.nonzero(heldout if user_split == "heldout" else ~heldout).squeeze(1)
+        pool = sequences.users_of(user_split)
+        evaluation = user_split != "train"
+        if evaluation:
+            num_users = min(num_users, pool.numel())
         watch = (sequences.ratings if sequences.ratings is not None
                  else torch.full((sequences.num_interactions,), MAX_RATING))
         users = LoggedUsers(
             num_users, sequences, world.taste, user_pool=pool, history_length=history_length,
             logged_watch_time=watch, click_rating=click_rating, boredom_window=boredom_window,
-            boredom_quantile=boredom_quantile, device=device,
+            boredom_quantile=boredom_quantile, distinct_users=evaluation, device=device,
         )
         super().__init__(users, history_length=history_length, mask_history=mask_history,
                          mask_scope=mask_scope, max_episode_steps=max_episode_steps, seed=seed)
