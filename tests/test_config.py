@@ -216,6 +216,18 @@ def test_every_config_composes_and_resolves(group: str, option: str, tmp_path: P
 PAIRS = [(group, option) for group, option in CASES if group in PAIR_GROUPS]
 
 
+def own_values(group: str, option: str) -> dict:
+    """The leaves a group file sets, with those of the files of its group it includes first
+    (``defaults: [ml100k_ppo]`` in ``env_algo/logged_ppo.yaml``)."""
+    config = OmegaConf.to_container(yaml(group, option), resolve=False)
+    values: dict = {}
+    for included in config.pop("defaults", []):
+        if isinstance(included, str) and included != "_self_":
+            values.update(own_values(group, included))
+    values.update(leaves(config))
+    return values
+
+
 @pytest.mark.parametrize(("group", "option"), PAIRS, ids=[f"{g}={o}" for g, o in PAIRS])
 def test_pair_configs_name_an_existing_pair_and_apply_every_value(group: str, option: str,
                                                                   tmp_path: Path) -> None:
@@ -223,8 +235,7 @@ def test_pair_configs_name_an_existing_pair_and_apply_every_value(group: str, op
     that pair applies each of the file's values, every one an argument of its target."""
     _, resolved = compose_and_resolve(tmp_path / "run", *choice_overrides(group, option))
     composed = leaves(resolved)
-    own = leaves(OmegaConf.to_container(yaml(group, option), resolve=False))
-    own.pop("defaults", None)
+    own = own_values(group, option)
     assert own, f"conf/{group}/{option}.yaml sets nothing"
     for key, value in own.items():
         assert composed[key] == value, f"conf/{group}/{option}.yaml: {key}={value} not applied"
