@@ -163,7 +163,8 @@ def test_a_bad_movielens_file_names_the_file_and_the_problem(
 def test_a_table_without_the_named_columns_says_which_are_missing(tmp_path: Path) -> None:
     table = tmp_path / "log.csv"
     table.write_text("user_id,item_id\n1,2\n")
-    with pytest.raises(DataFormatError, match=r"missing column\(s\) \['user', 'item'\]"):
+    with pytest.raises(DataFormatError, match=r"columns 'user', 'item' not found \(columns: "
+                       r"user_id, item_id\): set data.columns.user=<name> and data.columns.item"):
         read_log("table", table, user="user", item="item", timestamp=None, rating=None)
 
 
