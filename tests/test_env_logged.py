@@ -169,7 +169,7 @@ def test_logs_without_ratings_get_a_logistic_taste_model_fitted_in_minibatches(
     log_file: Path,
 ) -> None:
     """Implicit feedback: observed pairs must come out well above unobserved ones (0-5 scale)."""
-    env = make_env(log_file, columns={}, fit_epochs=20, fit_batch_size=64)
+    env = make_env(log_file, columns={"rating": None}, fit_epochs=20, fit_batch_size=64)
     sequences, taste = env.sequences, env.users.taste
     assert sequences.ratings is None and taste.logistic
     users = torch.repeat_interleave(torch.arange(sequences.num_users), sequences.lengths)

@@ -243,7 +243,7 @@ _WORLDS: dict[str, LoggedWorld] = {}
 
 
 def load_world(path: str, format: str, preprocess: PreprocessConfig, fit: FitConfig,
-               cache_dir: str | None, columns: dict[str, str | None]) -> LoggedWorld:
+               cache_dir: str | None, columns: dict[str, object]) -> LoggedWorld:
     """Reads, preprocesses and fits once per process (memoised), and once per machine (cached)."""
     key = json.dumps([str(Path(path).expanduser().resolve()), format, asdict(preprocess),
                       asdict(fit), cache_dir, columns], sort_keys=True)
@@ -309,7 +309,7 @@ class LoggedEnv(RecEnv):
         world = load_world(
             data.path, data.format, data.preprocess,
             FitConfig(dim=fit_dim, epochs=fit_epochs, batch_size=fit_batch_size),
-            data.cache_dir, data.table_columns,
+            data.cache_dir, data.read_options,
         )
         sequences = world.sequences
         heldout = sequences.heldout_users
