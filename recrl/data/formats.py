@@ -74,6 +74,7 @@ class RawLog:
     # How the file was read, for the data summary: user_ids / item_ids ("integer" | "text"),
     # timestamps ("integer" | "float" | "datetime" | "file order"), the columns used.
     details: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # the file (or folder) read: what preprocessing's messages name
 
 
 def _require_file(path: Path) -> Path:
@@ -178,7 +179,8 @@ def read_ml100k(folder: Path | str) -> RawLog:
         genres = flags.dot(pd.Index(ML100K_GENRES) + "|").str.rstrip("|")
         items = pd.DataFrame({"item": _numeric(meta, "item", item_path), "title": meta["title"],
                               "genres": genres})
-    return RawLog(interactions, items, name="ml-100k", details=dict(MOVIELENS_DETAILS))
+    return RawLog(interactions, items, name="ml-100k", details=dict(MOVIELENS_DETAILS),
+                  source=str(folder / "u.data"))
 
 
 def read_movielens_dat(folder: Path | str) -> RawLog:
@@ -191,7 +193,8 @@ def read_movielens_dat(folder: Path | str) -> RawLog:
         meta = _read_delimited(movies, "::", ["item", "title", "genres"], "latin-1")
         items = pd.DataFrame({"item": _numeric(meta, "item", movies), "title": meta["title"],
                               "genres": meta["genres"]})
-    return RawLog(interactions, items, name=folder.name, details=dict(MOVIELENS_DETAILS))
+    return RawLog(interactions, items, name=folder.name, details=dict(MOVIELENS_DETAILS),
+                  source=str(folder / "ratings.dat"))
 
 
 def read_movielens_csv(folder: Path | str) -> RawLog:
@@ -218,7 +221,8 @@ def read_movielens_csv(folder: Path | str) -> RawLog:
                 raise DataFormatError(movies, f"missing column {column!r}")
         items = pd.DataFrame({"item": _numeric(meta, "movieId", movies), "title": meta["title"],
                               "genres": meta["genres"]})
-    return RawLog(interactions, items, name=folder.name, details=dict(MOVIELENS_DETAILS))
+    return RawLog(interactions, items, name=folder.name, details=dict(MOVIELENS_DETAILS),
+                  source=str(path))
 
 
 def read_sequences(path: Path | str) -> RawLog:
@@ -235,7 +239,7 @@ def read_sequences(path: Path | str) -> RawLog:
     )
     details = {"user_ids": "integer", "item_ids": "integer", "timestamps": "file order",
                "rating_column": None}
-    return RawLog(interactions, None, name=path.stem, details=details)
+    return RawLog(interactions, None, name=path.stem, details=details, source=str(path))
 
 
 # -- format=table: any CSV / TSV / Parquet log -----------------------------------------------------
@@ -426,7 +430,7 @@ def read_table(path: Path | str, *, columns: Mapping[str, Any] | None = None,
                "rating_column": used["rating"], "columns": used,
                "separator": "parquet" if separator is None else separator, "header": header}
     return RawLog(_interactions(user, item, timestamp, rating), None, name=path.stem,
-                  details=details)
+                  details=details, source=str(path))
 
 
 #: Which reader a named format uses.
@@ -464,6 +468,20 @@ def resolve_source(path: Path | str, format: str) -> Path:
             path, f"is a folder, and data.format={format} reads one file: set "
             f"data.path=<folder>/<file> (it holds: {', '.join(inside) or 'no files'})")
     return path
+
+
+def normalise_options(source: Path, format: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` as ``format``'s reader applies them (default columns filled in, separator
+    names and inferred separators resolved; nothing for formats that take none): two ways of
+    asking for the same reading share one cache entry, and any change makes a new one."""
+    if format != "table":
+        return {}
+    options = dict(options)
+    columns = {**DEFAULT_COLUMNS, **dict(options.pop("columns", None) or {})}
+    columns.update({role: options.pop(role) for role in DEFAULT_COLUMNS if role in options})
+    sep = options.pop("sep", None)
+    return {"columns": columns, "sep": table_separator(source, sep) if source.is_file() else sep,
+            "header": options.pop("header", True), **options}
 
 
 def read_log(format: str, path: Path | str, **options: Any) -> RawLog:

@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from recrl.data.formats import RawLog, read_log, resolve_source
+from recrl.data.formats import RawLog, normalise_options, read_log, resolve_source
 from recrl.data.summary import count_step, log_summary, split_sizes
 from recrl.observation import MAX_RATING
 
@@ -296,17 +296,22 @@ def check_rating_range(frame: pd.DataFrame, scale: tuple[float, float] | None, n
     return low, high
 
 
+def _shown(value: Any) -> str:
+    """An id or time as a message shows it: text quoted, numbers plain."""
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def duplicate_rows(frame: pd.DataFrame, rule: str, name: str) -> tuple[pd.DataFrame, int]:
     """Keeps the last of rows with the same user, item and time (``rule="keep_last"``: a
     re-logged or corrected event) or refuses them; returns the rows kept and how many went."""
     repeated = frame.duplicated(["user", "item", "timestamp"], keep="last")
     count = int(repeated.sum())
     if count and rule == "refuse":
-        first = frame[repeated].iloc[0]
+        user, item, time = (_shown(frame.loc[repeated, c].iloc[0])
+                            for c in ("user", "item", "timestamp"))
         raise ValueError(
-            f"{name}: {count:,} duplicate row(s) (same user, item and time; e.g. user "
-            f"{first['user']!r}, item {first['item']!r} at {first['timestamp']!r}): set "
-            "data.duplicates=keep_last to keep the last of each"
+            f"{name}: {count:,} duplicate row(s) (same user, item and time; e.g. user {user}, "
+            f"item {item} at {time}): set data.duplicates=keep_last to keep the last of each"
         )
     return (frame[~repeated] if count else frame), count
 
@@ -370,8 +375,8 @@ def clean(log: RawLog, config: PreprocessConfig) -> tuple[pd.DataFrame, dict[str
     rated = bool(frame["rating"].notna().any())  # an all-blank rating column: no ratings
     blank, value_range = 0, None
     if rated:
-        frame, blank = blank_ratings(frame, config.blank_ratings, log.name)
-        value_range = check_rating_range(frame, config.rating_scale, log.name,
+        frame, blank = blank_ratings(frame, config.blank_ratings, log.source or log.name)
+        value_range = check_rating_range(frame, config.rating_scale, log.source or log.name,
                                          can_ignore="columns" in log.details)
         if blank:
             warnings.append(f"{blank:,} row(s) with a blank rating dropped "
@@ -379,7 +384,7 @@ def clean(log: RawLog, config: PreprocessConfig) -> tuple[pd.DataFrame, dict[str
     elif config.rating_scale is not None:
         warnings.append("data.rating_scale ignored: the log has no ratings")
     steps.append(count_step("blank_ratings", frame))
-    frame, repeated = duplicate_rows(frame, config.duplicates, log.name)
+    frame, repeated = duplicate_rows(frame, config.duplicates, log.source or log.name)
     if repeated:
         warnings.append(f"{repeated:,} duplicate row(s) (same user, item, time) dropped, the "
                         "last of each kept (data.duplicates=keep_last)")
@@ -412,7 +417,7 @@ def preprocess(log: RawLog, config: PreprocessConfig) -> Sequences:
     frame, summary = clean(log, config)
     if frame.empty:
         raise ValueError(
-            f"{log.name}: no interactions left after filtering (min_rating={config.min_rating}, "
+            f"{log.source or log.name}: no interactions left after filtering (min_rating={config.min_rating}, "
             f"{config.min_user_interactions}-core users, {config.min_item_interactions}-core "
             "items); lower the thresholds"
         )
@@ -474,6 +479,7 @@ def load_sequences(path: Path | str, format: str, config: PreprocessConfig,
             "(python -m recrl.data download ml-100k) or point data.path at it"
         )
     source = resolve_source(path, format)
+    options = normalise_options(source, format, options)
     cache_file = None
     sequences = None
     if cache_dir is not None:

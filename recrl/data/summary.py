@@ -71,8 +71,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The summary as the lines ``log_summary`` prints."""
     read = summary.get("read", {})
     lines = [f"data summary: {summary.get('path', '?')} (data.format={summary.get('format', '?')})",
-             f"  read: user ids {read.get('user_ids', '?')}, item ids {read.get('item_ids', '?')}, "
-             f"time {read.get('timestamps', '?')}"]
+             f"  ids: users {read.get('user_ids', '?')}, items {read.get('item_ids', '?')}; "
+             f"time order: {read.get('timestamps', '?')}"]
     ratings = summary.get("ratings", {})
     lines.append(_ratings_line(ratings))
     if ratings.get("used"):

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recrl.data import DataConfig, PreprocessConfig, Sequences, load_sequences, window_positions
-from recrl.data.formats import resolve_source
+from recrl.data.formats import normalise_options, resolve_source
 from recrl.data.preprocess import source_fingerprint
 from recrl.envs.base import RecEnv, UserResponse, UserResponseModel, check_param
 from recrl.observation import CLICKED, MAX_RATING, PADDING
@@ -51,10 +51,12 @@ FULL_BATCH_MAX_INTERACTIONS = 100_000
 DEFAULT_MINIBATCH = 65_536
 #: Progress lines per fit (one every ``epochs / FIT_LOG_LINES`` epochs, and the last).
 FIT_LOG_LINES = 10
-#: (user, item) pairs sampled to measure how often a recommendation is a click, and the shares
-#: below / above which the fitted world is called degenerate.
+#: (user, item) pairs sampled to measure how often a random recommendation is a click, and the
+#: shares below / above which the fitted world is called degenerate: nearly nothing to find, or
+#: a click that says nothing. For reference: ML-100K 33%, Amazon Beauty 0.5% (54k items, sparse
+#: but learnable: the myopic oracle's sessions are clicks throughout).
 CLICK_SAMPLE_PAIRS = 100_000
-DEGENERATE_CLICK_SHARE = (0.01, 0.95)
+DEGENERATE_CLICK_SHARE = (0.001, 0.95)
 
 
 @dataclass(frozen=True)
@@ -351,9 +353,10 @@ def load_world(path: str, format: str, preprocess: PreprocessConfig, fit: FitCon
     the fit. ``click_rating`` only enters the summary (``Sequences.summary["taste_model"]``).
     """
     source = resolve_source(path, format)
-    fingerprint = source_fingerprint(source) if source.exists() else {}
-    key = json.dumps([str(source.resolve()), fingerprint, format, asdict(preprocess),
-                      asdict(fit), read_options], sort_keys=True, default=str)
+    exists = source.exists()
+    options = normalise_options(source, format, read_options) if exists else read_options
+    key = json.dumps([str(source.resolve()), source_fingerprint(source) if exists else {}, format,
+                      asdict(preprocess), asdict(fit), options], sort_keys=True, default=str)
     memo_key = json.dumps([key, cache_dir, click_rating])
     if memo_key in _WORLDS:
         return _WORLDS[memo_key]
