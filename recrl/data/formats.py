@@ -390,8 +390,11 @@ def _timestamps(values: pd.Series, column: Any, path: Path) -> tuple[pd.Series, 
         if getattr(values.dt, "tz", None) is not None:
             values = values.dt.tz_convert("UTC").dt.tz_localize(None)
         return values.astype("datetime64[ns]").astype("int64"), "datetime"
-    text = values.astype(str).str.strip().where(values.notna(), "")
-    numbers = pd.to_numeric(text, errors="coerce")
+    if pd.api.types.is_numeric_dtype(values) and values.notna().all():  # Parquet: typed already
+        numbers = values
+    else:
+        text = values.astype(str).str.strip().where(values.notna(), "")
+        numbers = pd.to_numeric(text, errors="coerce")
     if numbers.notna().all():
         if (numbers == numbers.round()).all():
             return numbers.astype("int64"), "integer"
