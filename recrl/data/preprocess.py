@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from recrl.data.formats import RawLog, normalise_options, read_log, resolve_source
-from recrl.data.summary import count_step, log_summary, split_sizes
+from recrl.data.summary import count_step, log, log_summary, split_sizes
 from recrl.observation import MAX_RATING
 
 #: ``data.blank_ratings``: what rows with a blank rating get, in a log that has ratings.
@@ -487,6 +487,7 @@ def load_sequences(path: Path | str, format: str, config: PreprocessConfig,
         cache_file = Path(cache_dir) / f"{source.name}-{key}.pt"
         if cache_file.is_file():
             sequences = Sequences(**torch.load(cache_file, weights_only=True))
+            log.info("data: preprocessed log read from the cache, %s", cache_file)
     if sequences is None:
         sequences = preprocess(read_log(format, source, **options), config)
         if cache_file is not None:

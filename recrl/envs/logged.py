@@ -368,6 +368,7 @@ def load_world(path: str, format: str, preprocess: PreprocessConfig, fit: FitCon
         cache_file = Path(cache_dir) / f"{source.name}-taste-{digest}.pt"
         if cache_file.is_file():
             taste = TasteModel(**torch.load(cache_file, weights_only=True))
+            log.info("taste model: read from the cache, %s", cache_file)
     if taste is None:
         taste = fit_taste_model(sequences, sequences.ratings, fit)
         if cache_file is not None:
