@@ -148,7 +148,8 @@ def test_preprocessed_tensors_are_cached_by_data_and_config(tmp_path: Path) -> N
 
 
 # -- logs recrl has never seen: ids, times, separators, headers, paths ----------------------------
-LOOSE = PreprocessConfig(min_user_interactions=3, min_item_interactions=1, holdout_user_fraction=0.0)
+LOOSE = PreprocessConfig(min_user_interactions=3, min_item_interactions=1,
+                         holdout_user_fraction=0.0)
 
 
 def in_order(sequences, user: int) -> list:
@@ -299,7 +300,7 @@ def test_duplicate_rows_keep_the_last_or_are_refused(tmp_path: Path) -> None:
     assert sequences.ratings.tolist() == [4.0, 3.0, 5.0]  # (1, 1, 0): its last row's rating
     assert sequences.summary["duplicates"] == {"found": 1, "rule": "keep_last"}
     with pytest.raises(ValueError, match=r"1 duplicate row\(s\) \(same user, item and time; e.g. "
-                       r"user 1, item 1 at 0\): set data.duplicates=keep_last"):
+                       r"user 1, item 1 on data row 1, again later\): set data.duplicates=keep_last"):
         load(path, duplicates="refuse")
 
 

@@ -216,8 +216,9 @@ def new_users_log(path: Path, fmt: str = "csv") -> pd.DataFrame:
     users = np.repeat(np.arange(NUM_USERS), PER_USER)
     k = np.tile(np.arange(PER_USER), NUM_USERS)
     times = pd.Timestamp("2024-01-01") + pd.to_timedelta(users * 100 + k, unit="h")
-    frame = pd.DataFrame({"uid": [f"user-{u:02d}" for u in users],
-                          "sku": [f"sku-{(u + 3 * j) % NUM_ITEMS + 1:02d}" for u, j in zip(users, k)],
+    frame = pd.DataFrame({"uid": "user-" + pd.Series(users).astype(str).str.zfill(2),
+                          "sku": "sku-" + pd.Series((users + 3 * k) % NUM_ITEMS + 1).astype(str)
+                          .str.zfill(2),
                           "ts": times.strftime("%Y-%m-%dT%H:%M:%S"),
                           "stars": (1 + (users + k) % 5).astype(float)})
     frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)  # not in time order
@@ -381,7 +382,7 @@ def test_the_fit_logs_progress_and_flags_a_degenerate_world(
     assert any("looks degenerate" in w for w in env.sequences.summary["warnings"])
 
 
-# -- as a user runs it ------------------------------------------------------------------------------
+# -- as a user runs it ---------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_a_new_users_log_runs_end_to_end_and_run_log_holds_the_summary(tmp_path: Path) -> None:

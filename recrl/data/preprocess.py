@@ -286,7 +286,7 @@ def check_rating_range(frame: pd.DataFrame, scale: tuple[float, float] | None, n
             )
         return low, high
     if low < 0.0 or high > MAX_RATING:
-        what = "negative ratings" if low < 0.0 else "ratings above 5"
+        what = "negative ratings" if low < 0.0 else f"ratings above {MAX_RATING:g}"
         ignore = " (or data.columns.rating=null to use none)" if can_ignore else ""
         raise ValueError(
             f"{name}: {what} (they range from {low:g} to {high:g}; the simulator's scale is "
@@ -307,11 +307,11 @@ def duplicate_rows(frame: pd.DataFrame, rule: str, name: str) -> tuple[pd.DataFr
     repeated = frame.duplicated(["user", "item", "timestamp"], keep="last")
     count = int(repeated.sum())
     if count and rule == "refuse":
-        user, item, time = (_shown(frame.loc[repeated, c].iloc[0])
-                            for c in ("user", "item", "timestamp"))
+        user, item, row = (frame.loc[repeated, c].iloc[0] for c in ("user", "item", "order"))
         raise ValueError(
-            f"{name}: {count:,} duplicate row(s) (same user, item and time; e.g. user {user}, "
-            f"item {item} at {time}): set data.duplicates=keep_last to keep the last of each"
+            f"{name}: {count:,} duplicate row(s) (same user, item and time; e.g. user "
+            f"{_shown(user)}, item {_shown(item)} on data row {row + 1}, again later): set "
+            "data.duplicates=keep_last to keep the last of each"
         )
     return (frame[~repeated] if count else frame), count
 
@@ -417,7 +417,8 @@ def preprocess(log: RawLog, config: PreprocessConfig) -> Sequences:
     frame, summary = clean(log, config)
     if frame.empty:
         raise ValueError(
-            f"{log.source or log.name}: no interactions left after filtering (min_rating={config.min_rating}, "
+            f"{log.source or log.name}: no interactions left after filtering "
+            f"(min_rating={config.min_rating}, "
             f"{config.min_user_interactions}-core users, {config.min_item_interactions}-core "
             "items); lower the thresholds"
         )
@@ -461,7 +462,8 @@ def cache_key(path: Path, format: str, config: PreprocessConfig, options: dict) 
     read options (a table's columns, separator, header)."""
     payload = {"source": source_fingerprint(path), "format": format, "config": asdict(config),
                "columns": options, "version": 4}  # 3: item_texts; 4: text ids, summary
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def load_sequences(path: Path | str, format: str, config: PreprocessConfig,

@@ -317,7 +317,7 @@ def taste_summary(taste: TasteModel, sequences: Sequences, fit: FitConfig,
     warnings = []
     if share < low:
         warnings.append(
-            f"the fitted world looks degenerate: only {share:.1%} of random (user, item) pairs "
+            f"the fitted world looks degenerate: only {share:.2%} of random (user, item) pairs "
             f"reach env.click_rating={click_rating:g} (mean predicted rating {mean:.2f}): check "
             "the ratings (data.rating_scale, data.min_rating) or lower env.click_rating")
     elif share > high:
