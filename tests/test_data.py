@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
+import logging
 import sys
 import threading
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +23,9 @@ import pandas as pd
 import pytest
 import torch
 
-from recrl.data import DataFormatError, PreprocessConfig, load_sequences, preprocess, read_log
+from recrl.data import (
+    DataFormatError, PreprocessConfig, Sequences, load_sequences, preprocess, read_log,
+)
 from recrl.data.download import DownloadError, download
 from recrl.data.formats import RawLog, read_ml100k, read_sequences
 from tests.conftest import BEAUTY, ML100K, needs_beauty, needs_ml100k, run_process
@@ -160,6 +165,216 @@ def test_preprocessed_tensors_are_cached_by_data_and_config(tmp_path: Path) -> N
     assert len(list(cache.glob("*.pt"))) == 2  # another config, another entry
 
 
+# -- logs recrl has never seen: ids, times, separators, headers, paths ----------------------------
+LOOSE = PreprocessConfig(min_user_interactions=3, min_item_interactions=1,
+                         validation_user_fraction=0.0, test_user_fraction=0.0)
+
+
+def in_order(sequences, user: int) -> list:
+    """A user's raw item ids in the order the sequences hold them (chronological)."""
+    return sequences.item_ids[sequences.user_sequence(user).numpy()].tolist()
+
+
+def test_text_ids_and_iso_times_are_read_as_they_come(tmp_path: Path) -> None:
+    """Text ids map to indices and back (Sequences.user_ids / item_ids); ISO 8601 times with and
+    without an offset become one order (naive times are UTC)."""
+    path = tmp_path / "log.csv"
+    path.write_text("uid,sku,ts\n"
+                    "bob,sku-9,2024-01-01T12:00:00+02:00\n"  # 10:00 UTC: bob's second
+                    "bob,sku-1,2024-01-01T09:00:00Z\n"
+                    "alice,007,2024-01-03\n"
+                    "bob,sku-3,2024-01-02 08:30\n"
+                    "alice,7,2024-01-02\n"
+                    "alice,sku-1,2024-01-01\n")
+    log = read_log("table", path, columns={"user": "uid", "item": "sku", "timestamp": "ts"})
+    assert log.details["user_ids"] == "text" and log.details["timestamps"] == "datetime"
+    sequences = preprocess(log, LOOSE)
+    assert sequences.user_ids.tolist() == ["alice", "bob"]  # sorted, as integer ids are
+    assert in_order(sequences, 0) == ["sku-1", "7", "007"]  # "007" and "7" stay two items
+    assert in_order(sequences, 1) == ["sku-1", "sku-9", "sku-3"]
+    assert sequences.item_ids[0] is None and (sequences.item_raw_ids == -1).all()
+    assert sequences.ratings is None  # no rating column: every row is an interaction
+
+
+def test_parquet_datetimes_and_integer_ids(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    times = pd.to_datetime(["2023-05-02", "2023-05-01", "2023-05-03"]).tz_localize("Europe/Paris")
+    pd.DataFrame({"user": [4, 4, 4], "item": [30, 10, 20], "timestamp": times,
+                  "rating": [5.0, 4.0, 3.0]}).to_parquet(path)
+    log = read_log("table", path)  # the default names, the rating column found by its name
+    assert log.details["timestamps"] == "datetime" and log.details["user_ids"] == "integer"
+    sequences = preprocess(log, LOOSE)
+    assert in_order(sequences, 0) == [10, 30, 20]
+    assert sequences.ratings.tolist() == [4.0, 5.0, 3.0]
+
+
+@pytest.mark.parametrize(("name", "text", "options"), [
+    ("log.tsv", "user\titem\ttimestamp\n1\t5\t2.5\n1\t6\t1.5\n", {}),  # tab from the suffix
+    ("log.txt", "user;item;timestamp\n1;5;2.5\n1;6;1.5\n", {}),  # sniffed from the first line
+    ("log.dat", "user|item|timestamp\n1|5|2.5\n1|6|1.5\n", {"sep": "pipe"}),  # named
+    ("log.csv", "1,5,x,2.5\n1,6,y,1.5\n", {"header": False,  # positions, no header
+                                           "columns": {"user": 0, "item": 1, "timestamp": 3}}),
+])
+def test_separators_headers_and_float_times(
+        tmp_path: Path, name: str, text: str, options: dict) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    log = read_log("table", path, **options)
+    assert log.interactions[["user", "item"]].values.tolist() == [[1, 5], [1, 6]]
+    assert log.details["timestamps"] == "float"
+    assert log.interactions["timestamp"].tolist() == [2.5, 1.5]
+
+
+def test_without_a_timestamp_column_file_order_is_time_order(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,rating,when\n1,30,4,3\n1,10,5,1\n1,20,3,2\n")
+    log = read_log("table", path)  # no column named timestamp: found missing, no setting needed
+    assert log.details["timestamps"] == "file order"
+    assert in_order(preprocess(log, LOOSE), 0) == [30, 10, 20]
+    timed = read_log("table", path, columns={"timestamp": "when"})
+    assert in_order(preprocess(timed, LOOSE), 0) == [10, 20, 30]
+    # An explicit null means file order even where a timestamp column exists.
+    path.write_text("user,item,timestamp\n1,30,3\n1,10,1\n1,20,2\n")
+    untimed = read_log("table", path, columns={"timestamp": None})
+    assert in_order(preprocess(untimed, LOOSE), 0) == [30, 10, 20]
+
+
+def test_movielens_reads_its_folder_or_a_file_in_it(tmp_path: Path) -> None:
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "u.data").write_text("".join(f"{u}\t{i}\t{1 + (u + i) % 5}\t{i}\n"
+                                           for u in range(1, 4) for i in range(1, 6)))
+    cache = tmp_path / "cache"
+    by_folder = load_sequences(folder, "ml-100k", LOOSE, cache_dir=cache)
+    by_file = load_sequences(folder / "u.data", "ml-100k", LOOSE, cache_dir=cache)
+    assert torch.equal(by_folder.items, by_file.items)
+    assert len(list(cache.glob("ml-100k-*.pt"))) == 1  # one log, one cache entry
+    assert by_file.summary["path"] == str(folder)
+    with pytest.raises(DataFormatError, match="has no u.data, which data.format=ml-100k reads"):
+        load_sequences(tmp_path, "ml-100k", LOOSE)
+    with pytest.raises(DataFormatError, match=r"data.format=table reads one file: set data.path="):
+        load_sequences(folder, "table", LOOSE)
+
+
+# -- ratings and duplicates: counted, reported, or refused naming the setting -------------------
+def rated_log(tmp_path: Path, ratings: list[str], name: str = "log.csv") -> Path:
+    """User 1 rates items 1..len(ratings) in time order, with these rating cells."""
+    path = tmp_path / name
+    rows = [f"1,{i + 1},{i},{r}" for i, r in enumerate(ratings)]
+    path.write_text("user,item,timestamp,rating\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def load(path: Path, **config) -> Sequences:
+    return preprocess(read_log("table", path), PreprocessConfig(**{
+        "min_user_interactions": 3, "min_item_interactions": 1, **config}))
+
+
+def test_a_few_blank_ratings_are_dropped_never_all_ratings(tmp_path: Path) -> None:
+    path = rated_log(tmp_path, ["4", "", "5", "NA", "3"])
+    sequences = load(path)
+    assert sequences.ratings.tolist() == [4.0, 5.0, 3.0]  # the rated rows keep their ratings
+    summary = sequences.summary
+    assert summary["ratings"]["blank"] == 2 and summary["ratings"]["used"]
+    assert [s["interactions"] for s in summary["steps"]][:2] == [5, 3]
+    assert any("2 row(s) with a blank rating dropped" in w for w in summary["warnings"])
+    with pytest.raises(ValueError, match=r"2 blank rating\(s\), the first on data row 2: .*"
+                       "set data.blank_ratings=drop"):
+        load(path, blank_ratings="refuse")
+    # A rating column with no rating at all: a log without ratings, said so.
+    unrated = load(rated_log(tmp_path, ["", "", ""], "blank.csv"))
+    assert unrated.ratings is None and not unrated.summary["ratings"]["used"]
+
+
+@pytest.mark.parametrize(("ratings", "message"), [
+    (["-1", "1", "1"], r"negative ratings \(they range from -1 to 1.*set data.rating_scale="
+                       r"\[min, max\] to map them linearly onto 0-5 \(or data.columns.rating=null"),
+    (["2", "10", "7"], r"ratings above 5 \(they range from 2 to 10.*set data.rating_scale="),
+])
+def test_ratings_off_the_simulators_scale_are_refused(
+        tmp_path: Path, ratings: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load(rated_log(tmp_path, ratings))
+
+
+def test_rating_scale_maps_the_logs_scale_onto_0_to_5(tmp_path: Path) -> None:
+    path = rated_log(tmp_path, ["1", "10", "5.5", "8"])
+    sequences = load(path, rating_scale=[1, 10], min_rating=5.5)  # min_rating: the log's units
+    assert sequences.ratings.tolist() == [5.0, 2.5, pytest.approx(3.888889)]
+    assert sequences.summary["ratings"]["rating_scale"] == [1.0, 10.0]
+    assert sequences.summary["ratings"]["range"] == [1.0, 10.0]
+    with pytest.raises(ValueError, match=r"range from 1 to 10, outside data.rating_scale=\[1, 5\]"):
+        load(path, rating_scale=[1, 5])
+    likes = load(rated_log(tmp_path, ["-1", "1", "1"], "likes.csv"), rating_scale=(-1, 1))
+    assert likes.ratings.tolist() == [0.0, 5.0, 5.0]
+    with pytest.raises(ValueError, match=r"data.rating_scale=\[5, 1\] needs min < max"):
+        PreprocessConfig(rating_scale=[5, 1])
+
+
+def test_duplicate_rows_keep_the_last_or_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,timestamp,rating\n1,1,0,2\n1,2,1,3\n1,1,0,4\n1,3,2,5\n")
+    sequences = load(path)
+    assert sequences.ratings.tolist() == [4.0, 3.0, 5.0]  # (1, 1, 0): its last row's rating
+    assert sequences.summary["duplicates"] == {"found": 1, "rule": "keep_last"}
+    with pytest.raises(ValueError, match=r"1 duplicate row\(s\) \(same user, item and time; e.g. "
+                       r"user 1, item 1 on data row 1, again later\): set data.duplicates=keep_last"):
+        load(path, duplicates="refuse")
+
+
+# -- the data summary ---------------------------------------------------------------------------
+def test_the_summary_counts_each_step_and_is_json(tmp_path: Path) -> None:
+    config = PreprocessConfig(min_rating=4.0, min_user_interactions=3, min_item_interactions=2,
+                              validation_user_fraction=0.0, test_user_fraction=0.5)
+    summary = preprocess(hand_made_log(), config).summary
+    counts = {s["step"]: (s["users"], s["items"], s["interactions"]) for s in summary["steps"]}
+    assert counts == {"read": (3, 5, 10), "blank_ratings": (3, 5, 10), "duplicates": (3, 5, 10),
+                      "min_rating": (3, 3, 8), "k_core": (2, 3, 6)}
+    assert summary["split"] == {"training_users": 1, "validation_users": 0, "test_users": 1}
+    assert summary["ratings"]["min_rating_applied"] and summary["ratings"]["range"] == [1.0, 5.0]
+    assert json.loads(json.dumps(summary)) == summary  # results.json can hold it
+
+
+def test_the_summary_is_logged_through_recrl_data(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="recrl.data"):
+        load_sequences(rated_log(tmp_path, ["4", "", "5", "3"]), "table", LOOSE)
+    text = caplog.text
+    assert "data summary:" in text and "blank ratings: 1 (data.blank_ratings=drop)" in text
+    assert "WARNING" in text and "1 row(s) with a blank rating dropped" in text
+
+
+def test_every_setting_that_changes_the_data_is_in_the_cache_key(tmp_path: Path) -> None:
+    path = rated_log(tmp_path, ["1", "2", "3", "2"])
+    cache = tmp_path / "cache"
+
+    def entries(config: PreprocessConfig = LOOSE, **options) -> int:
+        load_sequences(path, "table", config, cache_dir=cache, **options)
+        return len(list(cache.glob("*.pt")))
+
+    assert entries() == 1
+    # The same reading, asked for another way: the same entry.
+    assert entries(sep="comma", header=True, columns={"user": "user", "rating": "rating"}) == 1
+    assert entries(columns={"timestamp": None}) == 2
+    for change in ({"rating_scale": (0, 10)}, {"blank_ratings": "refuse"},
+                   {"duplicates": "refuse"}):
+        before = len(list(cache.glob("*.pt")))
+        assert entries(replace(LOOSE, **change)) == before + 1, change
+    again = load_sequences(path, "table", replace(LOOSE, rating_scale=(0, 10)), cache_dir=cache)
+    assert again.ratings.tolist() == [0.5, 1.0, 1.5, 1.0]  # a hit, with its summary
+    assert again.summary["ratings"]["rating_scale"] == [0.0, 10.0]
+
+
+@needs_ml100k
+def test_movielens_100k_summary(tmp_path: Path) -> None:
+    summary = load_sequences(ML100K, "ml-100k", PreprocessConfig(), cache_dir=tmp_path).summary
+    steps = {s["step"]: (s["users"], s["items"], s["interactions"]) for s in summary["steps"]}
+    assert steps["read"] == (943, 1_682, 100_000) and steps["k_core"] == (943, 1_349, 99_287)
+    assert summary["ratings"]["range"] == [1.0, 5.0] and summary["ratings"]["blank"] == 0
+    assert summary["duplicates"]["found"] == 0 and summary["warnings"] == []
+    assert summary["split"] == {"training_users": 849, "validation_users": 47, "test_users": 47}
+
+
 # -- bad files ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("content", "message"),
@@ -181,7 +396,8 @@ def test_a_bad_movielens_file_names_the_file_and_the_problem(
 def test_a_table_without_the_named_columns_says_which_are_missing(tmp_path: Path) -> None:
     table = tmp_path / "log.csv"
     table.write_text("user_id,item_id\n1,2\n")
-    with pytest.raises(DataFormatError, match=r"missing column\(s\) \['user', 'item'\]"):
+    with pytest.raises(DataFormatError, match=r"columns 'user', 'item' not found \(columns: "
+                       r"user_id, item_id\): set data.columns.user=<name> and data.columns.item"):
         read_log("table", table, user="user", item="item", timestamp=None, rating=None)
 
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from hydra.utils import instantiate
 from torchrl.envs.utils import check_env_specs
 
 from recrl.envs import LoggedEnv
+from recrl.envs.logged import DEFAULT_MINIBATCH, FULL_BATCH_MAX_INTERACTIONS, fit_batch_size
 from recrl.observation import CLICKED, PADDING
 from tests.conftest import (
-    ML100K, compose_config, ml100k_data, needs_ml100k, read_results, run_recrl_in_process,
+    ML100K, compose_config, ml100k_data, needs_ml100k, read_results, run_recrl,
+    run_recrl_in_process,
 )
 
 NUM_USERS, NUM_ITEMS, PER_USER = 40, 30, 12
@@ -200,7 +206,7 @@ def test_logs_without_ratings_get_a_logistic_taste_model_fitted_in_minibatches(
     log_file: Path,
 ) -> None:
     """Implicit feedback: observed pairs must come out well above unobserved ones (0-5 scale)."""
-    env = make_env(log_file, columns={}, fit_epochs=20, fit_batch_size=64)
+    env = make_env(log_file, columns={"rating": None}, fit_epochs=20, fit_batch_size=64)
     sequences, taste = env.sequences, env.users.taste
     assert sequences.ratings is None and taste.logistic
     users = torch.repeat_interleave(torch.arange(sequences.num_users), sequences.lengths)
@@ -217,8 +223,6 @@ def test_a_table_with_its_own_column_names_through_the_data_config(
         log_file: Path, tmp_path: Path) -> None:
     """What the documented `env=logged data.path=... data.format=table data.columns.rating=stars`
     composes: the renamed columns reach the table reader (ratings included)."""
-    from hydra.utils import instantiate
-
     renamed = tmp_path / "renamed.csv"
     renamed.write_text(log_file.read_text().replace("user,item,timestamp,rating",
                                                     "uid,sku,ts,stars", 1))
@@ -251,3 +255,209 @@ def test_a_run_on_logged_data_evaluates_each_test_user_once(tmp_path: Path) -> N
     assert "CI over distinct users" in results["evaluation_protocol"]
     returns = json.loads((run_dir / "test_returns.json").read_text())["returns"]
     assert {len(r) for r in returns.values()} == {47}
+# -- logs recrl has never seen, through the CLI's config and entry point --------------------------
+def new_users_log(path: Path, fmt: str = "csv") -> pd.DataFrame:
+    """A log as a new user brings it: text ids, ISO times, columns of its own (uid, sku, ts,
+    stars), rows out of time order, one blank rating and one row logged twice. Written to
+    ``path`` as ``fmt`` (csv, tsv, csv without header, parquet with real datetimes)."""
+    users = np.repeat(np.arange(NUM_USERS), PER_USER)
+    k = np.tile(np.arange(PER_USER), NUM_USERS)
+    times = pd.Timestamp("2024-01-01") + pd.to_timedelta(users * 100 + k, unit="h")
+    frame = pd.DataFrame({"uid": "user-" + pd.Series(users).astype(str).str.zfill(2),
+                          "sku": "sku-" + pd.Series((users + 3 * k) % NUM_ITEMS + 1).astype(str)
+                          .str.zfill(2),
+                          "ts": times.strftime("%Y-%m-%dT%H:%M:%S"),
+                          "stars": (1 + (users + k) % 5).astype(float)})
+    frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)  # not in time order
+    frame.loc[0, "stars"] = np.nan  # one blank rating
+    frame = pd.concat([frame, frame.iloc[[1]]], ignore_index=True)  # one row logged twice
+    if fmt == "parquet":
+        frame.assign(ts=pd.to_datetime(frame["ts"])).to_parquet(path)
+    else:
+        frame.to_csv(path, sep="\t" if fmt == "tsv" else ",", index=False,
+                     header=fmt != "headerless")
+    return frame
+
+
+NAMED = ["data.columns.user=uid", "data.columns.item=sku", "data.columns.timestamp=ts",
+         "data.columns.rating=stars"]
+
+
+def cli_env(tmp_path: Path, *overrides: str) -> LoggedEnv:
+    """The env ``python -m recrl.run env=logged data.format=table <overrides>`` builds."""
+    cfg = compose_config(
+        "env=logged", "data.format=table", "data.min_item_interactions=1",
+        f"data.cache_dir={tmp_path / 'cache'}", "env.fit_epochs=5", "env.history_length=4",
+        "env.max_episode_steps=10", *overrides)
+    return instantiate(cfg.env, num_users=4, seed=0)
+
+
+def test_a_new_users_log_gets_in_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    frame = new_users_log(path)
+    env = cli_env(tmp_path, f"data.path={path}", *NAMED)
+    sequences, summary = env.sequences, env.sequences.summary
+    assert sequences.user_ids[:2].tolist() == ["user-00", "user-01"]
+    kept = frame.dropna(subset=["stars"]).drop_duplicates(["uid", "sku", "ts"], keep="last")
+    first = kept[kept["uid"] == "user-00"].sort_values("ts")
+    assert sequences.item_ids[sequences.user_sequence(0).numpy()].tolist() == first["sku"].tolist()
+    assert sequences.ratings is not None  # one blank rating never drops the others
+    assert summary["ratings"]["blank"] == 1 and summary["duplicates"]["found"] == 1
+    assert summary["read"]["timestamps"] == "datetime"
+    assert [s["interactions"] for s in summary["steps"]][:3] == [len(frame), len(frame) - 1,
+                                                                  len(frame) - 2]
+    assert set(summary["taste_model"]) >= {"click_share", "final_loss", "batch_size"}
+    assert summary["taste_model"]["batch_size"] is None  # a small log: full batch
+
+
+@pytest.mark.parametrize(("name", "fmt", "overrides"), [
+    ("log.tsv", "tsv", NAMED),  # the separator from the suffix
+    ("log.txt", "tsv", [*NAMED, "data.sep=tab"]),  # named
+    ("log.csv", "headerless", ["data.header=false", "data.columns.user=0", "data.columns.item=1",
+                               "data.columns.timestamp=2", "data.columns.rating=3"]),
+    ("log.parquet", "parquet", NAMED),  # datetimes
+])
+def test_every_form_of_the_same_log_gives_the_same_sequences(
+        tmp_path: Path, name: str, fmt: str, overrides: list[str]) -> None:
+    reference = tmp_path / "reference.csv"
+    new_users_log(reference)
+    path = tmp_path / name
+    new_users_log(path, fmt)
+    env = cli_env(tmp_path, f"data.path={path}", *overrides)
+    expected = cli_env(tmp_path, f"data.path={reference}", *NAMED).sequences
+    assert torch.equal(env.sequences.items, expected.items)
+    assert torch.equal(env.sequences.ratings, expected.ratings)
+    assert env.sequences.user_ids.tolist() == expected.user_ids.tolist()
+
+
+def test_a_log_without_a_timestamp_column_is_in_file_order(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text(log_file_text(timestamps=False))
+    env = cli_env(tmp_path, f"data.path={path}")  # no data.columns.timestamp=null needed
+    sequences = env.sequences
+    assert sequences.summary["read"]["timestamps"] == "file order"
+    first = sequences.item_ids[sequences.user_sequence(0).numpy()].tolist()
+    assert first == [7 * k % NUM_ITEMS + 1 for k in range(PER_USER)]
+
+
+def test_rating_scale_through_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text(log_file_text(top=10))  # ratings 1-10
+    env = cli_env(tmp_path, f"data.path={path}", "data.rating_scale=[0,10]")
+    assert env.sequences.ratings.max().item() == 5.0
+    assert env.sequences.summary["ratings"]["rating_scale"] == [0.0, 10.0]
+
+
+@needs_ml100k
+def test_movielens_path_may_name_a_file_in_its_folder(tmp_path: Path) -> None:
+    cfg = compose_config("env=ml100k", f"data.path={ML100K / 'u.data'}",
+                         f"data.cache_dir={tmp_path}", "env.fit_epochs=5")
+    env = instantiate(cfg.env, num_users=2, seed=0)
+    assert env.sequences.num_users == 943 and env.sequences.summary["path"] == str(ML100K)
+
+
+def log_file_text(timestamps: bool = True, top: int = 5, rating: int | None = None) -> str:
+    """A log like ``log_file``'s as text: ratings ``1 + (u + k) % top`` (or all ``rating``).
+    Without timestamps, user u's items in file order are ``(u + 7k) % 30 + 1``."""
+    rows = [(u, k, rating or 1 + (u + k) % top) for u in range(NUM_USERS) for k in range(PER_USER)]
+    if timestamps:
+        return "user,item,timestamp,rating\n" + "".join(
+            f"{u},{(u + 3 * k) % NUM_ITEMS + 1},{k},{r}\n" for u, k, r in rows)
+    return "user,item,rating\n" + "".join(
+        f"{u},{(u + 7 * k) % NUM_ITEMS + 1},{r}\n" for u, k, r in rows)
+
+
+# Bad logs through the run's entry point: (what the file holds, overrides, the message's phrase).
+BAD_LOGS = [
+    ("uid,item,ts\n1,2,3\n", [], "log.csv: column 'user' not found (columns: uid, item, ts): "
+     "set data.columns.user=<name>"),
+    ("user,item,rating\n1,2,-1\n1,3,4\n", [], "negative ratings (they range from -1 to 4"),
+    ("user,item,rating\n1,2,10\n1,3,4\n", [], "set data.rating_scale=[min, max] to map them"),
+    ("user,item,rating\n1,2,10\n", ["data.rating_scale=[1,5]"],
+     "outside data.rating_scale=[1, 5]: set data.rating_scale to the log's scale"),
+    ("user,item,rating\n1,2,\n1,3,4\n", ["data.blank_ratings=refuse"],
+     "1 blank rating(s), the first on data row 1: fill them in, or set data.blank_ratings=drop"),
+    ("user,item,timestamp\n1,2,5\n1,2,5\n", ["data.duplicates=refuse"],
+     "set data.duplicates=keep_last"),
+    ("user,item\n1,2\n", ["data.header=false"], "data.header=false, so columns are positions: "
+     "set data.columns.user=<0..1>"),
+    ("user;item\n1;2\n", [], "set data.sep=semicolon"),
+    ("user,item,timestamp\n1,2,yesterday\n", [], "must hold numbers or ISO 8601 date-times, got "
+     "'yesterday' on data row 1"),
+    ("user,item\n1,2\n", ["data.duplicates=maybe"], "data.duplicates='maybe' is not one of"),
+    (None, [], "data.format=table reads one file: set data.path=<folder>/<file>"),
+]
+
+
+@pytest.mark.parametrize(("content", "overrides", "expected"), BAD_LOGS)
+def test_a_bad_log_ends_with_one_line_naming_the_setting(
+        tmp_path: Path, content: str | None, overrides: list[str], expected: str) -> None:
+    """Through ``recrl.run.main`` as the CLI composes it: one ``recrl: configuration error``
+    line, FAILED, no results, and nothing half-written in the cache."""
+    path = tmp_path / "logs"
+    path.mkdir()
+    if content is not None:
+        path = path / "log.csv"
+        path.write_text(content)
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    message = run_recrl_in_process(run_dir, "debug=smoke", "env=logged", f"data.path={path}",
+                                   "data.format=table", f"data.cache_dir={cache}", *overrides)
+    assert message is not None and message.startswith("recrl: configuration error:"), message
+    assert expected in message and "\n" not in message
+    assert (run_dir / "FAILED").is_file() and not (run_dir / "results.json").exists()
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+# -- the taste model's fit: batch by log size, progress, a degenerate world flagged ----------------
+def test_fit_batch_size_is_picked_by_log_size() -> None:
+    assert fit_batch_size(None, FULL_BATCH_MAX_INTERACTIONS) is None  # ML-100K: full batch
+    assert fit_batch_size(None, FULL_BATCH_MAX_INTERACTIONS + 1) == DEFAULT_MINIBATCH
+    assert fit_batch_size(64, 10**7) == 64  # a given size is kept
+
+
+def test_the_fit_logs_progress_and_flags_a_degenerate_world(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ones.csv"
+    path.write_text(log_file_text(rating=1))
+    with caplog.at_level(logging.INFO, logger="recrl"):
+        env = cli_env(tmp_path, f"data.path={path}")  # everyone rates everything 1
+    taste = env.sequences.summary["taste_model"]
+    assert taste["click_share"] == 0.0 and taste["degenerate"]
+    assert "taste model: epoch 5/5, loss" in caplog.text
+    assert any(r.levelno == logging.WARNING and "looks degenerate" in r.message
+               for r in caplog.records)
+    assert any("looks degenerate" in w for w in env.sequences.summary["warnings"])
+
+
+# -- as a user runs it ---------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_new_users_log_runs_end_to_end_and_run_log_holds_the_summary(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    new_users_log(path)
+    run_dir = tmp_path / "run"
+    proc = run_recrl(run_dir, "debug=smoke", "env=logged", f"data.path={path}", "data.format=table",
+                     *NAMED, "data.min_item_interactions=1", f"data.cache_dir={tmp_path / 'cache'}",
+                     "env.fit_epochs=20", "env.history_length=4", "env.max_episode_steps=10",
+                     "evaluation.ranking.num_negatives=10", "trainer.enable_progress_bar=false",
+                     timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run_dir / "results.json").is_file()
+    run_log = (run_dir / "run.log").read_text()
+    for line in ("data summary:", "blank ratings: 1 (data.blank_ratings=drop)",
+                 "duplicate rows (same user, item, time): 1", "taste model: epoch 20/20",
+                 "1 row(s) with a blank rating dropped", "GPU available"):
+        assert line in run_log, line
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_missing_column_ends_a_real_run_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("uid,sku,ts,stars\n1,2,3,4\n")
+    proc = run_recrl(tmp_path / "run", "env=logged", f"data.path={path}", "data.format=table",
+                     timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"recrl: configuration error: {path}: columns 'user', 'item' not found (columns: uid, "
+        "sku, ts, stars): set data.columns.user=<name> and data.columns.item=<name>")

@@ -16,13 +16,17 @@ The protocol follows EasyRL4Rec (Yu et al. 2024) and KuaiEnv (Gao et al. 2022):
   between random item pairs, so it means the same on every dataset.
 - **How long**: at most ``max_episode_steps`` turns (30 by default, EasyRL4Rec's cap).
 
-The fitted model is cached on disk next to the preprocessed data.
+The fitted model is cached on disk next to the preprocessed data. Its fit logs its progress
+(``recrl.envs.logged``), and ``Sequences.summary["taste_model"]`` says how it was fitted and how
+often a random recommendation is a click: a world where almost nothing (or almost everything) is
+a click teaches nothing, and is flagged with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -33,8 +37,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recrl.data import DataConfig, PreprocessConfig, Sequences, load_sequences, window_positions
+from recrl.data.formats import normalise_options, resolve_source
+from recrl.data.preprocess import source_fingerprint
 from recrl.envs.base import RecEnv, UserResponse, UserResponseModel, check_param
 from recrl.observation import CLICKED, MAX_RATING, PADDING
+
+log = logging.getLogger(__name__)
+
+#: ``fit_batch_size: null`` fits logs of up to this many interactions full batch (ML-100K's
+#: 99k: seconds, and 300 full-batch epochs converge); larger logs in minibatches of
+#: ``DEFAULT_MINIBATCH`` pairs, which keep memory flat and converge in far fewer epochs.
+FULL_BATCH_MAX_INTERACTIONS = 100_000
+DEFAULT_MINIBATCH = 65_536
+#: Progress lines per fit (one every ``epochs / FIT_LOG_LINES`` epochs, and the last).
+FIT_LOG_LINES = 10
+#: (user, item) pairs sampled to measure how often a random recommendation is a click, and the
+#: shares below / above which the fitted world is called degenerate: nearly nothing to find, or
+#: a click that says nothing. For reference: ML-100K 33%, Amazon Beauty 0.5% (54k items, sparse
+#: but learnable: the myopic oracle's sessions are clicks throughout).
+CLICK_SAMPLE_PAIRS = 100_000
+DEGENERATE_CLICK_SHARE = (0.001, 0.95)
 
 
 @dataclass(frozen=True)
@@ -46,8 +68,16 @@ class FitConfig:
     lr: float = 0.02
     weight_decay: float = 1e-4
     negatives: int = 4  # logistic MF only: unobserved pairs per observed one
-    batch_size: int | None = None  # pairs per Adam step; None = the whole log (full batch)
+    batch_size: int | None = None  # pairs per Adam step; None: by log size (fit_batch_size)
     seed: int = 0
+
+
+def fit_batch_size(batch_size: int | None, num_interactions: int) -> int | None:
+    """Pairs per Adam step: ``batch_size`` when given; for ``None``, the whole log (None, full
+    batch) up to ``FULL_BATCH_MAX_INTERACTIONS`` interactions, else ``DEFAULT_MINIBATCH``."""
+    if batch_size is not None:
+        return batch_size
+    return None if num_interactions <= FULL_BATCH_MAX_INTERACTIONS else DEFAULT_MINIBATCH
 
 
 @dataclass
@@ -60,6 +90,7 @@ class TasteModel:
     item_bias: Tensor  # [N+1]
     global_bias: Tensor  # []
     logistic: bool  # scores are logits (implicit logs): rating = 5 sigmoid(score)
+    fit_loss: float | None = None  # the last epoch's mean training loss (for the summary)
 
     def ratings(self, users: Tensor, items: Tensor | None = None) -> Tensor:
         """Predicted ratings in [0, 5] of ``users`` [B]: for every item [B, N+1], or for
@@ -75,7 +106,7 @@ class TasteModel:
             return MAX_RATING * torch.sigmoid(score)
         return score.clamp(0.0, MAX_RATING)
 
-    def state_dict(self) -> dict[str, Tensor | bool]:
+    def state_dict(self) -> dict[str, Tensor | bool | float | None]:
         return asdict(self)
 
     def to(self, device: torch.device | str) -> TasteModel:
@@ -87,7 +118,9 @@ class TasteModel:
 
 def fit_taste_model(sequences: Sequences, ratings: Tensor | None, config: FitConfig) -> TasteModel:
     """Adam on the whole log, full batch (seconds for MovieLens-100K on a CPU) or in
-    minibatches of ``config.batch_size`` pairs (large logs: Amazon Beauty).
+    minibatches of ``config.batch_size`` pairs (large logs: Amazon Beauty; ``None`` picks by log
+    size, ``fit_batch_size``). Logs the loss ``FIT_LOG_LINES`` times: a fit of a large log takes
+    minutes, and a user should see it move.
 
     With ``ratings`` (one per interaction, in ``sequences.items`` order): least squares. Without:
     logistic MF, observed pairs against ``config.negatives`` uniformly drawn items each.
@@ -107,7 +140,14 @@ def fit_taste_model(sequences: Sequences, ratings: Tensor | None, config: FitCon
     for tensor in params.values():
         tensor.requires_grad_(True)
     optimizer = torch.optim.Adam(params.values(), lr=config.lr)
-    for _ in range(config.epochs):
+    batch_size = fit_batch_size(config.batch_size, sequences.num_interactions)
+    log.info("taste model: %s on %s interactions, %d epochs, %s", "least squares" if explicit
+             else f"logistic MF (+{config.negatives} sampled negatives each)",
+             f"{items.numel():,}", config.epochs,
+             "full batch" if batch_size is None else f"minibatches of {batch_size:,} pairs")
+    log_every = max(1, config.epochs // FIT_LOG_LINES)
+    epoch_loss = torch.zeros(())
+    for epoch in range(1, config.epochs + 1):
         if explicit:
             epoch_users, epoch_items, epoch_target = users, items, ratings
         else:  # fresh negatives every epoch
@@ -117,11 +157,12 @@ def fit_taste_model(sequences: Sequences, ratings: Tensor | None, config: FitCon
             epoch_items = torch.cat([items, neg_items])
             epoch_target = torch.cat([torch.ones(users.numel()), torch.zeros(neg_users.numel())])
         num_pairs = epoch_users.numel()
-        batch_size = config.batch_size or num_pairs
-        order = (torch.randperm(num_pairs, generator=generator) if batch_size < num_pairs
+        step_pairs = batch_size or num_pairs
+        order = (torch.randperm(num_pairs, generator=generator) if step_pairs < num_pairs
                  else torch.arange(num_pairs))
-        for start in range(0, num_pairs, batch_size):
-            batch = order[start : start + batch_size]
+        epoch_loss = torch.zeros(())
+        for start in range(0, num_pairs, step_pairs):
+            batch = order[start : start + step_pairs]
             batch_users, batch_items = epoch_users[batch], epoch_items[batch]
             score = ((params["user_vectors"][batch_users] * params["item_vectors"][batch_items])
                      .sum(-1) + params["user_bias"][batch_users] + params["item_bias"][batch_items]
@@ -136,7 +177,11 @@ def fit_taste_model(sequences: Sequences, ratings: Tensor | None, config: FitCon
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return TasteModel(**{k: v.detach() for k, v in params.items()}, logistic=not explicit)
+            epoch_loss += loss.detach() * batch.numel() / num_pairs
+        if epoch % log_every == 0 or epoch == config.epochs:
+            log.info("taste model: epoch %d/%d, loss %.4f", epoch, config.epochs, epoch_loss.item())
+    return TasteModel(**{k: v.detach() for k, v in params.items()}, logistic=not explicit,
+                      fit_loss=round(epoch_loss.item(), 6))
 
 
 class LoggedUsers(UserResponseModel):
@@ -259,21 +304,88 @@ class LoggedWorld:
 _WORLDS: dict[str, LoggedWorld] = {}
 
 
+def click_statistics(taste: TasteModel, num_users: int, num_items: int,
+                     click_rating: float) -> tuple[float, float]:
+    """``(share of clicks, mean predicted rating)`` over ``CLICK_SAMPLE_PAIRS`` uniformly drawn
+    (user, item) pairs: what a random recommendation gets. Seeded apart from the global RNG, so
+    measuring it changes nothing else."""
+    generator = torch.Generator().manual_seed(0)
+    users = torch.randint(0, num_users, (CLICK_SAMPLE_PAIRS,), generator=generator)
+    items = torch.randint(1, num_items + 1, (CLICK_SAMPLE_PAIRS,), generator=generator)
+    ratings = taste.ratings(users, items)
+    return (ratings >= click_rating).float().mean().item(), ratings.mean().item()
+
+
+def taste_summary(taste: TasteModel, sequences: Sequences, fit: FitConfig,
+                  click_rating: float) -> tuple[dict[str, object], list[str]]:
+    """How the world was fitted and what a random recommendation gets in it (the summary's
+    ``taste_model``), and a warning when it looks degenerate (``DEGENERATE_CLICK_SHARE``)."""
+    share, mean = click_statistics(taste, sequences.num_users, sequences.num_items, click_rating)
+    summary = {
+        "objective": "logistic MF" if taste.logistic else "least squares",
+        "epochs": fit.epochs,
+        "batch_size": fit_batch_size(fit.batch_size, sequences.num_interactions),  # None: full
+        "final_loss": taste.fit_loss,
+        "click_rating": click_rating,
+        "click_share": round(share, 4),
+        "mean_rating": round(mean, 4),
+    }
+    low, high = DEGENERATE_CLICK_SHARE
+    warnings = []
+    if share < low:
+        warnings.append(
+            f"the fitted world looks degenerate: only {share:.2%} of random (user, item) pairs "
+            f"reach env.click_rating={click_rating:g} (mean predicted rating {mean:.2f}): check "
+            "the ratings (data.rating_scale, data.min_rating) or lower env.click_rating")
+    elif share > high:
+        warnings.append(
+            f"the fitted world looks degenerate: {share:.1%} of random (user, item) pairs reach "
+            f"env.click_rating={click_rating:g}, so a click says little: raise env.click_rating "
+            "or check the ratings (data.rating_scale)")
+    summary["degenerate"] = bool(warnings)
+    return summary, warnings
+
+
+def log_taste_summary(summary: dict[str, object], warnings: list[str]) -> None:
+    batch = summary["batch_size"]
+    loss = summary["final_loss"]
+    log.info("taste model: %s, %d epochs, %s, final loss %s; a random recommendation is a click "
+             "(rating >= %g) %.1f%% of the time, mean predicted rating %.2f",
+             summary["objective"], summary["epochs"],
+             "full batch" if batch is None else f"minibatches of {batch:,}",
+             "?" if loss is None else f"{loss:.4f}", summary["click_rating"],
+             100 * summary["click_share"],
+             summary["mean_rating"])
+    for warning in warnings:
+        log.warning(warning)
+
+
 def load_world(path: str, format: str, preprocess: PreprocessConfig, fit: FitConfig,
-               cache_dir: str | None, columns: dict[str, str | None]) -> LoggedWorld:
-    """Reads, preprocesses and fits once per process (memoised), and once per machine (cached)."""
-    key = json.dumps([str(Path(path).expanduser().resolve()), format, asdict(preprocess),
-                      asdict(fit), cache_dir, columns], sort_keys=True)
-    if key in _WORLDS:
-        return _WORLDS[key]
-    sequences = load_sequences(path, format, preprocess, cache_dir=cache_dir, **columns)
+               cache_dir: str | None, read_options: dict[str, object],
+               click_rating: float = 4.0) -> LoggedWorld:
+    """Reads, preprocesses and fits once per process (memoised), and once per machine (cached).
+
+    The taste model's cache key holds everything that changes the fitted world: the files
+    (names, sizes, modification times), the format and how it is read, the preprocessing and
+    the fit. ``click_rating`` only enters the summary (``Sequences.summary["taste_model"]``).
+    """
+    source = resolve_source(path, format)
+    exists = source.exists()
+    options = normalise_options(source, format, read_options) if exists else read_options
+    key = json.dumps([str(source.resolve()), source_fingerprint(source) if exists else {}, format,
+                      asdict(preprocess), asdict(fit), options], sort_keys=True, default=str)
+    memo_key = json.dumps([key, cache_dir, click_rating])
+    if memo_key in _WORLDS:
+        return _WORLDS[memo_key]
+    sequences = load_sequences(path, format, preprocess, cache_dir=cache_dir, **read_options)
     taste = None
     cache_file = None
     if cache_dir is not None:
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        cache_file = Path(cache_dir) / f"{Path(path).name}-taste-{digest}.pt"
+        cache_file = Path(cache_dir) / f"{source.name}-taste-{digest}.pt"
         if cache_file.is_file():
             taste = TasteModel(**torch.load(cache_file, weights_only=True))
+            log.info("taste model: read from the cache, %s", cache_file)
     if taste is None:
         taste = fit_taste_model(sequences, sequences.ratings, fit)
         if cache_file is not None:
@@ -281,8 +393,12 @@ def load_world(path: str, format: str, preprocess: PreprocessConfig, fit: FitCon
             tmp = cache_file.with_suffix(".tmp")
             torch.save(taste.state_dict(), tmp)
             os.replace(tmp, cache_file)
+    summary, warnings = taste_summary(taste, sequences, fit, click_rating)
+    log_taste_summary(summary, warnings)
+    sequences.summary = {**(sequences.summary or {}), "taste_model": summary}
+    sequences.summary["warnings"] = [*sequences.summary.get("warnings", []), *warnings]
     world = LoggedWorld(sequences, taste)
-    _WORLDS[key] = world
+    _WORLDS[memo_key] = world
     return world
 
 
@@ -331,7 +447,7 @@ class LoggedEnv(RecEnv):
         world = load_world(
             data.path, data.format, data.preprocess,
             FitConfig(dim=fit_dim, epochs=fit_epochs, batch_size=fit_batch_size),
-            data.cache_dir, data.table_columns,
+            data.cache_dir, data.read_options, click_rating,
         )
         sequences = world.sequences
         pool = sequences.users_of(user_split)
