@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recrl.callbacks import EveryNSteps
 from recrl.checkpoint_io import AtomicCheckpointIO
-from recrl.checks import ConfigurationError, check_config, configuration_message
+from recrl.checks import ConfigurationError, check_config, check_ranking, configuration_message
 from recrl.data import Sequences
 from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features
 from recrl.tracking import make_loggers, tracking_callbacks
@@ -85,6 +85,7 @@ def build(cfg: DictConfig, output_dir: Path) -> Built:
         check_config(cfg)
         module, probe_env = build_module(cfg)
         sequences = getattr(probe_env, "sequences", None)  # logged-data envs only
+        check_ranking(sequences, cfg.evaluation.ranking)
         validation = module.make_validation(cfg.evaluation, sequences)
         loggers = make_loggers(cfg)
         callbacks = make_callbacks(cfg, validation, loggers)

@@ -9,6 +9,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from recrl.data import Sequences
 from recrl.data.formats import READERS
 
 
@@ -142,3 +143,21 @@ def configuration_message(err: Exception) -> str:
             err.__cause__, (ValueError, TypeError, FileNotFoundError)):
         err = err.__cause__
     return " ".join(str(err).split())
+
+
+def check_ranking(sequences: Sequences | None, ranking: DictConfig) -> None:
+    """Sampled-negative rankings draw ``evaluation.ranking.num_negatives`` items each user has
+    not seen: on a small catalogue that can be impossible, which would only surface after
+    training. Refused here, before it, with the number that fits (the items no user lacks)."""
+    if sequences is None or not ranking.num_negatives:
+        return
+    users = torch.repeat_interleave(torch.arange(sequences.num_users), sequences.lengths)
+    pairs = torch.unique(users * (sequences.num_items + 1) + sequences.items)
+    distinct = torch.bincount(pairs // (sequences.num_items + 1), minlength=sequences.num_users)
+    fewest = sequences.num_items - int(distinct.max())  # unseen items of the busiest user
+    if fewest < ranking.num_negatives:
+        raise ConfigurationError(
+            f"evaluation.ranking.num_negatives={ranking.num_negatives}, but a user of this log "
+            f"has only {fewest} items they have not interacted with: set "
+            f"evaluation.ranking.num_negatives={max(fewest, 1)} or fewer"
+        )

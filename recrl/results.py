@@ -62,6 +62,8 @@ def policy_results(module: Any, run: FinishedRun) -> RunResults | None:
     if run.sequences is not None:
         results["users"] = {split: int(run.sequences.users_of(split).numel())
                             for split in ("train", "validation", "test")}
+        if run.sequences.summary is not None:  # what was read, kept and decided (recrl.data)
+            results["data"] = run.sequences.summary
     if run.sequences is not None:
         results["offline_ranking"] = offline_ranking(module, run.sequences, cfg)
     plot_evaluation_curve(run.validation.curve, results["baselines"],
@@ -106,6 +108,8 @@ def pretraining_results(module: Any, run: FinishedRun) -> RunResults | None:
                                     "step": int(validation["step"])},
                "validation": validation,
                "checkpoint": str(checkpoint)}
+    if run.sequences.summary is not None:
+        results["data"] = run.sequences.summary
     return RunResults(results, {})
 
 

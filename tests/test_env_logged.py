@@ -249,6 +249,10 @@ def test_a_run_on_logged_data_evaluates_each_test_user_once(tmp_path: Path) -> N
     assert message is None
     results = read_results(run_dir)
     assert results["users"] == {"train": 849, "validation": 47, "test": 47}
+    # What was read, kept and decided about the log travels with the results.
+    assert results["data"]["split"] == {"training_users": 849, "validation_users": 47,
+                                        "test_users": 47}
+    assert results["data"]["steps"][-1]["interactions"] == 99_287
     assert results["agent"]["num_users"] == 47
     assert all(b["num_users"] == 47 for b in results["baselines"].values())
     assert "47 of the log's 47 test users" in results["evaluation_protocol"]
@@ -461,3 +465,21 @@ def test_a_missing_column_ends_a_real_run_with_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines()[-1] == (
         f"recrl: configuration error: {path}: columns 'user', 'item' not found (columns: uid, "
         "sku, ts, stars): set data.columns.user=<name> and data.columns.item=<name>")
+
+
+def test_too_many_sampled_negatives_for_a_small_catalogue_are_refused_before_training(
+        tmp_path: Path) -> None:
+    """30 items, each user saw 10 of them ((u + 3k) % 30 repeats after k = 10): 100 sampled
+    negatives cannot be drawn, 20 can. Said at start-up, with
+    the number that fits, instead of after training."""
+    path = tmp_path / "log.csv"
+    path.write_text(log_file_text())
+    run_dir = tmp_path / "run"
+    message = run_recrl_in_process(run_dir, "debug=smoke", "env=logged", f"data.path={path}",
+                                   "data.format=table", "data.min_item_interactions=1",
+                                   f"data.cache_dir={tmp_path / 'cache'}", "env.history_length=4",
+                                   "env.max_episode_steps=10", "env.fit_epochs=5")
+    assert message == ("recrl: configuration error: evaluation.ranking.num_negatives=100, but a "
+                       "user of this log has only 20 items they have not interacted with: set "
+                       "evaluation.ranking.num_negatives=20 or fewer")
+    assert not (run_dir / "results.json").exists() and (run_dir / "FAILED").is_file()
