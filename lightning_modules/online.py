@@ -84,8 +84,6 @@ class OnlineRLModule(PolicyModule):
         self._first_rollout: dict[str, Tensor] | None = None  # for the test-only rank dump
         self._stream: RolloutStream | None = None  # the live training stream
         self._stream_resume: dict | None = None  # its saved position, from a checkpoint
-        #: Why a resumed run could not continue the saved simulation (None: it did, or no resume).
-        self.resumed_with_fresh_users: str | None = None
 
     # -- what an online algorithm provides ----------------------------------------------------
     @property

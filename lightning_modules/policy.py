@@ -13,25 +13,22 @@ REINFORCE); ``lightning_modules/pretrain.py`` trains the encoder on logged windo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModuleBase
 from torch import Tensor
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from recrl.callbacks import EveryNSteps, PeriodicEvaluation
+from recrl.data import Sequences
 from recrl.encoders import HistoryEncoderBase
 from recrl.observation import HISTORY_KEYS
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
-    from recrl.callbacks import EveryNSteps
-    from recrl.data import Sequences
-    from recrl.results import FinishedRun, RunResults
+from recrl.results import FinishedRun, RunResults, policy_results
 
 #: ``env_factory(num_users=..., seed=..., user_split=..., device=...)`` builds a batched
 #: recommendation environment.
@@ -66,6 +63,9 @@ class PolicyModule(L.LightningModule):
         #: Loss terms of the current training step (``log_loss``), checked for NaN / inf before
         #: the optimiser applies the step (``NonFiniteGuard``).
         self.step_losses: dict[str, Tensor] = {}
+        #: Why a resumed run could not continue the saved run exactly (None: it did, or it was
+        #: not resumed); recorded in results.json.
+        self.resumed_with_fresh_users: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -139,8 +139,6 @@ class PolicyModule(L.LightningModule):
                         ) -> EveryNSteps:
         """The callback that validates this module during training: the greedy policy's return
         on validation users of the simulator (``evaluation`` is the run's config node)."""
-        from recrl.callbacks import PeriodicEvaluation
-
         return PeriodicEvaluation(
             every_n_steps=evaluation.every_n_steps, num_users=evaluation.num_users,
             seed=evaluation.val_seed, max_steps=evaluation.max_steps,
@@ -151,8 +149,6 @@ class PolicyModule(L.LightningModule):
         """What ``results.json`` holds after training: the greedy policy and every baseline on
         the held-out test users (and, on logged data, offline rankings). Called on every DDP
         process; None on all but the first."""
-        from recrl.results import policy_results
-
         return policy_results(self, run)
 
     # -- training plumbing --------------------------------------------------------------------

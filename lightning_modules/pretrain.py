@@ -36,23 +36,20 @@ preparation does. Windows are cut and masked with tensor operations on the CSR s
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_modules.policy import EnvFactory, PolicyModule
+from recrl.callbacks import EveryNSteps, RankingValidation
 from recrl.data import Sequences, window_positions
 from recrl.encoders import HistoryEncoderBase, ItemScorer
 from recrl.observation import CLICKED, MAX_RATING, PADDING
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
-    from recrl.callbacks import EveryNSteps
-    from recrl.results import FinishedRun, RunResults
+from recrl.results import FinishedRun, RunResults, pretraining_results
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +218,6 @@ class SequencePretrainModule(PolicyModule):
     def make_validation(self, evaluation: DictConfig, sequences: Sequences | None
                         ) -> EveryNSteps:
         """Full-ranking HR@10 of the validation items of ``evaluation.num_users`` users."""
-        from recrl.callbacks import RankingValidation
-
         return RankingValidation(
             sequences, every_n_steps=evaluation.every_n_steps, num_users=evaluation.num_users,
             seed=evaluation.val_seed, heldout_only=self.train_on_validation_item,
@@ -231,8 +226,6 @@ class SequencePretrainModule(PolicyModule):
 
     def final_results(self, run: FinishedRun) -> RunResults | None:
         """Rankings of the test items (no policy is played: pretraining learns no actions)."""
-        from recrl.results import pretraining_results
-
         return pretraining_results(self, run)
 
     # -- training -----------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     results["machine"] = describe_machine(trainer.strategy.root_device.type)
     if resume is not None:
         results["resumed_from"] = str(resume.path)
-        if getattr(module, "resumed_with_fresh_users", None):
+        if module.resumed_with_fresh_users:
             results["resumed_with_fresh_users"] = module.resumed_with_fresh_users
     # A resumed run completes the folder of the run that failed or was interrupted.
     (output_dir / FAILURE_FILE).unlink(missing_ok=True)

@@ -295,3 +295,18 @@ def test_a_bad_job_in_a_sweep_fails_alone(tmp_path: Path) -> None:
     assert "env.num_items" in proc.stderr or "num_items" in proc.stderr
     assert (sweep / "0" / "FAILED").is_file() and not (sweep / "0" / "results.json").exists()
     assert (sweep / "1" / "results.json").is_file()  # the next job still ran
+
+
+def test_the_data_settings_default_as_the_preprocessing_does() -> None:
+    """DataConfig (the config node) and PreprocessConfig (what preprocessing reads) share their
+    preprocessing fields: the same names and the same defaults, so the one built from the other
+    never changes a setting."""
+    from dataclasses import MISSING, fields
+
+    from recrl.data import DataConfig, PreprocessConfig
+
+    data_defaults = {f.name: f.default for f in fields(DataConfig)}
+    for field in fields(PreprocessConfig):
+        assert field.name in data_defaults, f"DataConfig lacks {field.name}"
+        assert data_defaults[field.name] == field.default != MISSING, field.name
+    assert DataConfig(path="x", format="table").preprocess == PreprocessConfig()

@@ -149,13 +149,9 @@ class DataConfig:
 
     @property
     def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig(
-            min_rating=self.min_rating, min_user_interactions=self.min_user_interactions,
-            min_item_interactions=self.min_item_interactions,
-            validation_user_fraction=self.validation_user_fraction,
-            test_user_fraction=self.test_user_fraction, split_seed=self.split_seed,
-            blank_ratings=self.blank_ratings, rating_scale=self.rating_scale,
-            duplicates=self.duplicates)
+        """The preprocessing part of the settings: every `PreprocessConfig` field, by name."""
+        return PreprocessConfig(**{field.name: getattr(self, field.name)
+                                   for field in fields(PreprocessConfig)})
 
     @property
     def read_options(self) -> dict[str, Any]:
