@@ -158,8 +158,10 @@ class DQNModule(OnlineRLModule):
             if prioritized
             else RandomSampler()
         )
+        # The storage lives where the first rollout does (device="auto"): on the training
+        # device, so that neither extending nor sampling copies between host and GPU.
         self.replay_buffer = TensorDictReplayBuffer(
-            storage=LazyTensorStorage(buffer_size),
+            storage=LazyTensorStorage(buffer_size, device="auto"),
             sampler=sampler,
             batch_size=batch_size,
             priority_key="td_error",
@@ -237,7 +239,7 @@ class DQNModule(OnlineRLModule):
 
     def load_resume_state(self, state: dict) -> None:
         if "replay_buffer" in state:
-            load_replay_buffer_state(self.replay_buffer, state["replay_buffer"])
+            load_replay_buffer_state(self.replay_buffer, state["replay_buffer"], self.device)
         if "target_updater" in state:
             self.target_updater.load_state_dict(state["target_updater"])
 

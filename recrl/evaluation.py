@@ -40,30 +40,39 @@ class Episodes(NamedTuple):
     recommended: Tensor  # [N + 1] bool, items recommended to anybody
 
 
+#: Steps between two checks whether every evaluation episode has ended. Each check reads a
+#: flag back from the device (a host synchronisation); users who have left are not counted
+#: between checks, so the numbers do not depend on it.
+DONE_CHECK_EVERY = 16
+
+
 @torch.no_grad()
 def play_episodes(env: EnvBase, policy: Policy, max_steps: int = 10_000) -> Episodes:
     """Runs one episode per user in ``env`` (all users batched).
 
     Users whose episode has ended keep being stepped with the rest of the batch (the batch is
-    stepped as one tensor), but nothing they do afterwards is counted.
+    stepped as one tensor), but nothing they do afterwards is counted. The totals stay on the
+    environment's device until the end: a GPU evaluation synchronises with the host once every
+    `DONE_CHECK_EVERY` steps, not at every step.
     """
-    num_users = env.batch_size[0]
-    returns = torch.zeros(num_users, dtype=torch.float64)
-    clicks = torch.zeros(num_users, dtype=torch.float64)
-    lengths = torch.zeros(num_users, dtype=torch.float64)
-    recommended = torch.zeros(env.num_items + 1, dtype=torch.bool)
-    alive = torch.ones(num_users, dtype=torch.bool)
+    num_users, device = env.batch_size[0], env.device
+    returns = torch.zeros(num_users, dtype=torch.float64, device=device)
+    clicks = torch.zeros(num_users, dtype=torch.float64, device=device)
+    lengths = torch.zeros(num_users, dtype=torch.float64, device=device)
+    times_recommended = torch.zeros(env.num_items + 1, dtype=torch.float64, device=device)
+    alive = torch.ones(num_users, dtype=torch.bool, device=device)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         td = env.reset()
-        for _ in range(max_steps):
+        for step in range(max_steps):
             td = env.step(policy(td))
-            recommended[td["action"].cpu()[alive]] = True  # alive lives on the CPU
+            counted = alive.double()
+            times_recommended.index_add_(0, td["action"], counted)
             nxt = td["next"]
-            returns += nxt["reward"].squeeze(-1).double().cpu() * alive
-            clicks += (nxt["click"].cpu() & alive).double()
-            lengths += alive.double()
-            alive &= ~nxt["done"].squeeze(-1).cpu()
-            if not alive.any():
+            returns += nxt["reward"].squeeze(-1).double() * counted
+            clicks += nxt["click"].double() * counted
+            lengths += counted
+            alive &= ~nxt["done"].squeeze(-1)
+            if (step + 1) % DONE_CHECK_EVERY == 0 and not alive.any():
                 break
             td = step_mdp(td)
     if alive.any():
@@ -71,7 +80,7 @@ def play_episodes(env: EnvBase, policy: Policy, max_steps: int = 10_000) -> Epis
             f"{int(alive.sum())} evaluation episodes did not end within {max_steps} steps; "
             "raise evaluation.max_steps or give the environment a max_episode_steps"
         )
-    return Episodes(returns, clicks, lengths, recommended)
+    return Episodes(returns.cpu(), clicks.cpu(), lengths.cpu(), (times_recommended > 0).cpu())
 
 
 def summarise(episodes: Episodes) -> dict[str, float]:

@@ -175,8 +175,13 @@ def replay_buffer_state(buffer: Any) -> dict[str, Any]:
     return state
 
 
-def load_replay_buffer_state(buffer: Any, state: Mapping[str, Any]) -> None:
-    """The inverse of `replay_buffer_state` (the buffer is built with the same settings)."""
+def load_replay_buffer_state(buffer: Any, state: Mapping[str, Any],
+                             device: torch.device | str | None = None) -> None:
+    """The inverse of `replay_buffer_state` (the buffer is built with the same settings).
+
+    ``device``: where a storage built with ``device="auto"`` (it follows the first data it
+    is given) keeps the loaded transitions: the device the run trains on.
+    """
     _require_torchrl_internals()
     state = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in state.items()}
     storage_state = state["_storage"]
@@ -197,6 +202,8 @@ def load_replay_buffer_state(buffer: Any, state: Mapping[str, Any]) -> None:
     # A state dict loads as a TensorDict without a device, and a device-less storage refuses
     # transitions from another device (a GPU simulator's) instead of copying them in as a
     # fresh storage does: give it back the storage's own device.
+    if getattr(storage, "device", None) == "auto":
+        storage.device = torch.device(device if device is not None else "cpu")
     device = getattr(storage, "device", None)
     inner = getattr(storage, "_storage", None)
     if isinstance(inner, TensorDictBase) and device is not None and inner.device != device:

@@ -85,6 +85,19 @@ def test_training_runs_on_the_gpu(tmp_path: Path, algo: str) -> None:
     assert set(results["baselines"]) == {"random", "popular", "oracle_myopic"}
 
 
+def test_dqn_replay_buffer_lives_on_the_gpu() -> None:
+    """Rollouts, the replay buffer and its samples stay on the GPU: no host copy per update."""
+    from tests.test_dqn import make_module
+
+    module = make_module(num_envs=64, frames_per_batch=512, batch_size=32, learning_starts=0,
+                         n_steps=4).to("cuda")
+    collector = module._make_collector()
+    batches = list(module.rollout_to_batches(next(iter(collector))))
+    assert module.replay_buffer.storage.device.type == "cuda"
+    assert all(batch.device.type == "cuda" for batch in batches)
+    collector.shutdown()
+
+
 def test_bf16_mixed_precision_runs(tmp_path: Path) -> None:
     gpu_run(tmp_path / "run", SHORT_SESSIONS, "algo=dqn", "trainer.precision=bf16-mixed")
 

@@ -349,6 +349,25 @@ def test_replay_buffer_round_trips_through_a_weights_only_file(tmp_path: Path,
     assert torch.equal(first["next", "y"], second["next", "y"])
 
 
+def test_a_storage_that_follows_its_data_loads_onto_the_training_device(tmp_path: Path) -> None:
+    """DQN's storage takes the device of the first rollout (``device="auto"``); a checkpoint
+    loaded before any rollout must put the transitions on the device the run trains on."""
+    def make() -> TensorDictReplayBuffer:
+        return TensorDictReplayBuffer(storage=LazyTensorStorage(16, device="auto"), batch_size=4)
+
+    saved = make()
+    saved.extend(TensorDict({"x": torch.arange(6.0)}, batch_size=[6], device="cpu"))
+    assert saved.storage.device == torch.device("cpu")  # followed the data
+    torch.save(replay_buffer_state(saved), tmp_path / "rb.pt")
+    loaded = make()
+    load_replay_buffer_state(loaded, torch.load(tmp_path / "rb.pt", weights_only=True),
+                             torch.device("cpu"))
+    assert loaded.storage.device == torch.device("cpu")  # no longer "auto"
+    assert torch.equal(loaded.storage[:6]["x"], torch.arange(6.0))
+    loaded.extend(TensorDict({"x": torch.arange(6.0, 9.0)}, batch_size=[3], device="cpu"))
+    assert len(loaded) == 9
+
+
 def test_environment_state_round_trips_and_the_simulation_goes_on_identically() -> None:
     def make(seed: int) -> InterestEvolutionEnv:  # short sessions: users leave and are reset
         return InterestEvolutionEnv(16, seed=seed, num_items=60, history_length=5, time_budget=5.0)
