@@ -22,6 +22,7 @@ from recrl.checkpoint_io import AtomicCheckpointIO
 from recrl.checks import ConfigurationError, check_config, check_ranking, configuration_message
 from recrl.data import Sequences
 from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features
+from recrl.hardware import apply_hardware
 from recrl.tracking import make_loggers, tracking_callbacks
 
 #: Keys of ``conf/algo/*.yaml`` that configure the run rather than the module's constructor.
@@ -80,8 +81,12 @@ def make_callbacks(cfg: DictConfig, validation: EveryNSteps, loggers: list[Any])
 
 
 def build(cfg: DictConfig, output_dir: Path) -> Built:
-    """Instantiates everything from the config; any rejected value becomes a ConfigurationError."""
+    """Instantiates everything from the config; any rejected value becomes a ConfigurationError.
+
+    ``hardware=auto`` is resolved in ``cfg`` first: what is checked, built and recorded is the
+    accelerator, devices and strategy the run uses."""
     try:
+        apply_hardware(cfg)
         check_config(cfg)
         module, probe_env = build_module(cfg)
         sequences = getattr(probe_env, "sequences", None)  # logged-data envs only

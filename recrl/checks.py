@@ -44,8 +44,7 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
             asked = "all visible GPUs" if devices in (-1, "-1", "auto") else f"{wanted} GPU(s)"
             raise ConfigurationError(
                 f"trainer.accelerator={accelerator} asks for {asked} but this machine has "
-                "none visible to PyTorch; use hardware=cpu (or hardware=ddp_cpu for several "
-                "CPU processes)"
+                "none visible to PyTorch; use hardware=auto (the default: CPU processes here)"
             )
         if wanted > available:
             raise ConfigurationError(
@@ -63,12 +62,13 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
         if (processes > 1 or num_nodes > 1) and not is_ddp_strategy(trainer_cfg.get("strategy")):
             raise ConfigurationError(
                 f"trainer.devices={devices} trainer.num_nodes={num_nodes} with accelerator=cpu "
-                f"needs DDP; use hardware=ddp_cpu trainer.devices={processes}"
+                f"needs DDP; use hardware=auto (the default) or hardware=ddp_cpu with "
+                f"trainer.devices={processes}"
             )
     elif accelerator != "auto":
         raise ConfigurationError(
-            f"trainer.accelerator={accelerator!r} is not supported; use hardware=cpu, gpu, ddp "
-            "or ddp_cpu"
+            f"trainer.accelerator={accelerator!r} is not supported; use hardware=auto, cpu, "
+            "gpu, ddp or ddp_cpu"
         )
 
 

@@ -25,9 +25,12 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def describe_machine(device_type: str = "cpu") -> dict[str, str | int]:
-    """CPU model, torch's CPU threads, the GPU (when the run trained on one: ``device_type``
-    ``"cuda"``) and library versions."""
+def describe_machine(device_type: str = "cpu", processes: int = 1,
+                     backend: str | None = None) -> dict[str, str | int]:
+    """CPU model, torch's CPU threads (of each process), the device the run trained on
+    (``"cpu"`` or ``"cuda"``, with the GPU's name), its processes (DDP: ``processes`` > 1, with
+    the process group's ``backend``) and library versions: hardware=auto chooses these at run
+    time, so the run says what it chose."""
     import lightning
     import torchrl
     import transformers
@@ -35,12 +38,16 @@ def describe_machine(device_type: str = "cpu") -> dict[str, str | int]:
     machine: dict[str, str | int] = {
         "cpu": cpu_model(),
         "cpu_threads": torch.get_num_threads(),
+        "device": device_type,
+        "processes": processes,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchrl": torchrl.__version__,
         "lightning": lightning.__version__,
         "transformers": transformers.__version__,
     }
+    if processes > 1 and backend:
+        machine["ddp_backend"] = backend
     if device_type == "cuda" and torch.cuda.is_available():
         machine["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
     return machine

@@ -161,7 +161,9 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     results["seed"] = cfg.seed
     # The strategy's device, not the module's: Lightning moves the module back to the CPU after
     # fit, so module.device would call every GPU run a CPU run.
-    results["machine"] = describe_machine(trainer.strategy.root_device.type)
+    results["machine"] = describe_machine(
+        trainer.strategy.root_device.type, processes=trainer.world_size,
+        backend=getattr(trainer.strategy, "process_group_backend", None))
     if resume is not None:
         results["resumed_from"] = str(resume.path)
         if module.resumed_with_fresh_users:

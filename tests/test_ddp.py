@@ -206,7 +206,7 @@ def test_ddp_popular_baseline_counts_every_ranks_clicks(ddp_run: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["trainer.devices=2"], "hardware=ddp_cpu"),
+        (["hardware=cpu", "trainer.devices=2"], "hardware=ddp_cpu"),  # one process pinned
         (["hardware=ddp"], "GPU"),
     ],
 )

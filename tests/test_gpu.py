@@ -1,4 +1,5 @@
-"""Training and simulation on a CUDA GPU (``hardware=gpu`` / ``hardware=ddp``).
+"""Training and simulation on a CUDA GPU (``hardware=gpu`` / ``hardware=ddp``, and the default
+``hardware=auto``, which picks the GPU).
 
 CI has no GPU, so every test here skips there; they run wherever PyTorch sees one
 (``python -m pytest -q tests/test_gpu.py``). What they hold: the simulators step on the GPU
@@ -98,6 +99,18 @@ def test_dqn_replay_buffer_lives_on_the_gpu() -> None:
     collector.shutdown()
 
 
+def test_hardware_auto_trains_on_the_gpu(tmp_path: Path) -> None:
+    """The default picks the GPU when PyTorch sees one: one process, no DDP, and results.json
+    says so."""
+    torch.cuda.reset_peak_memory_stats()
+    error = run_recrl_in_process(tmp_path / "run", "debug=smoke", SHORT_SESSIONS, "hardware=auto")
+    assert error is None, error
+    assert torch.cuda.max_memory_allocated() > 0
+    machine = read_results(tmp_path / "run")["machine"]
+    assert (machine["device"], machine["processes"]) == ("cuda", 1)
+    assert machine["gpu"] and "ddp_backend" not in machine
+
+
 def test_bf16_mixed_precision_runs(tmp_path: Path) -> None:
     gpu_run(tmp_path / "run", SHORT_SESSIONS, "algo=dqn", "trainer.precision=bf16-mixed")
 
@@ -149,3 +162,15 @@ def test_ddp_on_the_gpu(tmp_path: Path) -> None:
     results = read_results(tmp_path / "run")
     assert results["optimizer_steps"] == 20
     assert math.isfinite(results["agent"]["return_mean"])
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_several_devices_are_ddp_over_nccl_on_the_gpus(tmp_path: Path) -> None:
+    # hardware=auto (the default) with trainer.devices=2: DDP over NCCL, no CPU processes.
+    proc = run_recrl(tmp_path / "run", "debug=smoke", SHORT_SESSIONS, "trainer.devices=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no GPU visible" not in proc.stdout + proc.stderr
+    machine = read_results(tmp_path / "run")["machine"]
+    assert (machine["device"], machine["processes"], machine["ddp_backend"]) == ("cuda", 2, "nccl")

@@ -66,7 +66,10 @@ def test_smoke_run_writes_every_output(smoke_run: Path, algo: str) -> None:
     assert results["wall_time_s"] > 0
     # What it ran on: numbers from different CPUs may differ (recrl/machine.py).
     machine = results["machine"]
-    assert machine["cpu"] and machine["cpu_threads"] >= 1 and "gpu" not in machine
+    assert machine["cpu"] and machine["cpu_threads"] >= 1 and machine["processes"] == 1
+    # hardware=auto, the default: the GPU where PyTorch sees one, else the CPU.
+    assert machine["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert ("gpu" in machine) == (machine["device"] == "cuda")
     assert machine["torch"] == torch.__version__
     # The myopic oracle knows the users: it must beat the uniformly random policy.
     oracle, random = results["baselines"]["oracle_myopic"], results["baselines"]["random"]
@@ -229,7 +232,7 @@ BAD_INPUT = [
     (["env.history_length=0"], "history_length"),
     (["hardware=gpu"], "GPU"),
     (["trainer.accelerator=gpu", "trainer.devices=4"], "GPU"),
-    (["trainer.devices=4"], "trainer.devices=4"),
+    (["hardware=cpu", "trainer.devices=4"], "hardware=auto"),  # one CPU process pinned
     (["trainer.max_steps=0"], "trainer.max_steps"),
     (["algo=ppo", "algo.minibatch_size=100000"], "algo.minibatch_size"),
     (["algo=ppo", "algo.advantages=never"], "algo.advantages"),
