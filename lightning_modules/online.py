@@ -241,7 +241,10 @@ class OnlineRLModule(PolicyModule):
             }, path)
 
     def log_progress(self) -> None:
-        """Logs frames collected and collection speed; call from ``training_step``."""
+        """Logs frames collected and collection speed on the steps the loggers write
+        (`should_log`); call from ``training_step``."""
+        if not self.should_log:
+            return
         self.log("train/frames", self.frames.float(), prog_bar=True)
         if self.frames_per_s is not None:
             self.log("train/frames_per_s", self.frames_per_s)

@@ -1,0 +1,113 @@
+"""What recrl adds to each optimiser step, kept cheap without changing what it records
+(bench/training.py measures the cost; docs/benchmarks.md).
+
+- ``PolicyModule.should_log``: ``self.log`` runs only on the steps the loggers write (every
+  ``trainer.log_every_n_steps``), and metrics.csv holds the same rows and values as when every
+  step logs; the loss terms still reach the NaN guard every step.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_modules import DQNModule, PPOModule
+from lightning_modules.policy import PolicyModule
+from lightning_modules.reinforce import ReinforceModule
+from recrl.run_control import NonFiniteGuard
+from tests.conftest import small_module
+
+LOG_EVERY = 5
+MAX_STEPS = 12  # logging steps 5 and 10 (global_step 4 and 9), and two steps past the last
+
+#: Small, fast settings of each algorithm (updates start with the first rollout).
+ALGOS = {
+    "dqn": (DQNModule, dict(num_envs=4, frames_per_batch=32, updates_per_batch=2, batch_size=16,
+                            learning_starts=0, n_steps=2, click_loss_weight=1.0)),
+    "ppo": (PPOModule, dict(num_envs=4, frames_per_batch=32, ppo_epochs=2, minibatch_size=16)),
+    "reinforce": (ReinforceModule, dict(num_envs=4, frames_per_batch=32)),
+}
+
+
+class RecordSteps(L.Callback):
+    """Before the guard consumes them: which loss terms each step recorded."""
+
+    def __init__(self) -> None:
+        self.losses: list[set[str]] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
+        self.losses.append(set(pl_module.step_losses))
+
+
+def train_logged(algo: str, log_dir: Path) -> tuple[list[dict[str, str]], Counter, RecordSteps]:
+    """A short seeded fit with a CSV logger; its metrics.csv rows, the training steps
+    (``global_step``) on which ``self.log`` was called, and the loss terms each step recorded."""
+    module_class, kwargs = ALGOS[algo]
+    L.seed_everything(0, verbose=False)
+    module = small_module(module_class, **kwargs)
+    logged_at: Counter = Counter()
+    log = module.log
+
+    def counting_log(*args: Any, **kwargs: Any) -> None:
+        logged_at[module.trainer.global_step] += 1
+        log(*args, **kwargs)
+
+    module.log = counting_log
+    record = RecordSteps()
+    trainer = L.Trainer(max_steps=MAX_STEPS, log_every_n_steps=LOG_EVERY, accelerator="cpu",
+                        logger=CSVLogger(log_dir, name="", version=""),
+                        callbacks=[record, NonFiniteGuard(None)], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        use_distributed_sampler=False)
+    trainer.fit(module)
+    with open(log_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows, logged_at, record
+
+
+def without_timing(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Rows less the collection speed, which is wall time and differs from run to run."""
+    return [{k: v for k, v in row.items() if k != "train/frames_per_s"} for row in rows]
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_self_log_runs_on_logging_steps_only_and_the_csv_is_unchanged(
+    algo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows, logged_at, record = train_logged(algo, tmp_path / "gated")
+    # self.log on 1 step in LOG_EVERY: global_step 4 and 9 are steps 5 and 10.
+    assert sorted(logged_at) == [LOG_EVERY - 1, 2 * LOG_EVERY - 1]
+    # The guard still saw every step's loss terms.
+    assert len(record.losses) == MAX_STEPS and all("train/loss" in s for s in record.losses)
+    train_rows = [row for row in rows if row["train/loss"]]
+    assert [row["step"] for row in train_rows] == [str(LOG_EVERY - 1), str(2 * LOG_EVERY - 1)]
+
+    # The same run logging on every step, as before the gate: the same file, row for row.
+    monkeypatch.setattr(PolicyModule, "should_log", property(lambda self: True))
+    every_rows, every_logged_at, _ = train_logged(algo, tmp_path / "every")
+    assert sorted(every_logged_at) == list(range(MAX_STEPS))
+    assert list(rows[0]) == list(every_rows[0])
+    assert without_timing(rows) == without_timing(every_rows)
+
+
+def test_should_log_follows_lightnings_rule_and_is_false_without_a_trainer() -> None:
+    module = small_module(ReinforceModule, num_envs=4, frames_per_batch=32)
+    assert module.should_log is False  # no trainer: nothing would be logged
+
+    seen: list[tuple[int, bool]] = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append((trainer.global_step, pl_module.should_log))
+
+    trainer = L.Trainer(max_steps=7, log_every_n_steps=3, accelerator="cpu", logger=False,
+                        callbacks=[Probe()], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False)
+    trainer.fit(module)
+    assert seen == [(step, (step + 1) % 3 == 0) for step in range(7)]
