@@ -137,8 +137,33 @@ def _describe(tensor: Tensor) -> str:
     return "nan" if bool(torch.isnan(tensor).any()) else "inf"
 
 
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """True when the total 2-norm of ``tensors`` is finite: then none holds a NaN or inf.
+
+    ``get_total_norm`` runs one fused (foreach) norm over the tensors of a device and dtype.
+    False also when finite values are so large (~1e19) that their squares overflow.
+    """
+    if not tensors:
+        return True
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors)))
+
+
+def _first_non_finite(losses: dict[str, Tensor], pl_module: Any) -> tuple[str, str] | None:
+    """What `NonFiniteError` names: the first loss term holding a NaN or inf (in the order they
+    were logged), else the first parameter whose gradient does, with "nan" or "inf"; None when
+    every value is finite. Tensor by tensor: run only once the total is not finite."""
+    for name, value in losses.items():
+        if not bool(torch.isfinite(value).all()):
+            return name, _describe(value)
+    for name, param in pl_module.named_parameters():
+        if param.grad is not None and not bool(param.grad.isfinite().all()):
+            return f"the gradient of {name}", _describe(param.grad)
+    return None
+
+
 class NonFiniteGuard(L.Callback):
-    """Checks the step's loss terms and every gradient before the optimiser applies them.
+    """Checks the step's loss terms and every gradient before the optimiser applies them: one
+    total of them all each step, the culprit sought tensor by tensor only when it is not finite.
 
     The loss terms are the ones the module recorded in ``step_losses`` (``RecommenderModule``
     records ``train/td_loss``, ``train/loss``, ...). On a NaN or inf: save ``last_good`` (the
@@ -166,18 +191,15 @@ class NonFiniteGuard(L.Callback):
         self._remove_hook()
         step = trainer.global_step + 1
         losses = getattr(pl_module, "step_losses", {}) or {}
-        bad: tuple[str, str] | None = None
-        for name, value in losses.items():
-            if not bool(torch.isfinite(value).all()):
-                bad = (name, _describe(value))
-                break
         if hasattr(pl_module, "step_losses"):
             pl_module.step_losses = {}
-        if bad is None:
-            grads = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
-            if grads and not bool(torch.stack([g.isfinite().all() for _, g in grads]).all()):
-                name, grad = next((n, g) for n, g in grads if not bool(g.isfinite().all()))
-                bad = (f"the gradient of {name}", _describe(grad))
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        # One total over every loss term and gradient, one host sync: a NaN or inf anywhere
+        # makes it non-finite (so can a finite overflow, which the walk below then clears).
+        # Checking tensor by tensor cost two small ops and a sync each, every step.
+        if _all_finite([*losses.values(), *grads]):
+            return
+        bad = _first_non_finite(losses, pl_module)
         if bad is None:
             return
         if self.last_good is not None:

@@ -4,23 +4,29 @@
 - ``PolicyModule.should_log``: ``self.log`` runs only on the steps the loggers write (every
   ``trainer.log_every_n_steps``), and metrics.csv holds the same rows and values as when every
   step logs; the loss terms still reach the NaN guard every step.
+- ``NonFiniteGuard``: one finiteness check of a total per step (one host sync), and the same
+  error naming the same loss term or gradient as a check of every tensor.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.loggers import CSVLogger
+from torch import nn
 
 from lightning_modules import DQNModule, PPOModule
 from lightning_modules.policy import PolicyModule
 from lightning_modules.reinforce import ReinforceModule
-from recrl.run_control import NonFiniteGuard
+from recrl.run_control import NonFiniteError, NonFiniteGuard
 from tests.conftest import small_module
 
 LOG_EVERY = 5
@@ -111,3 +117,61 @@ def test_should_log_follows_lightnings_rule_and_is_false_without_a_trainer() -> 
                         enable_model_summary=False, use_distributed_sampler=False)
     trainer.fit(module)
     assert seen == [(step, (step + 1) % 3 == 0) for step in range(7)]
+
+
+# -- the non-finite guard -----------------------------------------------------------------------
+class TwoLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(3, 4)
+        self.second = nn.Linear(4, 2)
+
+
+def guard_check(module: nn.Module, losses: dict[str, torch.Tensor] | None = None,
+                last_good: Path | None = None) -> None:
+    """``NonFiniteGuard.on_before_optimizer_step`` on ``module``'s current gradients."""
+    module.step_losses = dict(losses or {})
+    trainer = SimpleNamespace(global_step=6, save_checkpoint=lambda *a, **k: None)
+    NonFiniteGuard(last_good).on_before_optimizer_step(trainer, module, optimizer=None)
+
+
+def with_grads(module: nn.Module, value: float = 0.5) -> nn.Module:
+    for param in module.parameters():
+        param.grad = torch.full_like(param, value)
+    return module
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_the_guard_names_the_first_gradient_that_is_not_finite(bad: float) -> None:
+    module = with_grads(TwoLayers())
+    module.second.weight.grad[1, 2] = bad
+    module.second.bias.grad[0] = math.inf  # later in order: not the one named
+    with pytest.raises(NonFiniteError) as err:
+        guard_check(module, {"train/loss": torch.tensor(0.3)})
+    expected = "nan" if math.isnan(bad) else "inf"
+    assert str(err.value) == f"the gradient of second.weight is {expected} at optimiser step 7"
+    assert err.value.what == "the gradient of second.weight" and err.value.step == 7
+
+
+def test_the_guard_names_a_loss_term_before_any_gradient() -> None:
+    module = with_grads(TwoLayers())
+    module.first.weight.grad[0, 0] = math.nan
+    with pytest.raises(NonFiniteError, match=r"^train/td_loss is inf at optimiser step 7$"):
+        guard_check(module, {"train/loss": torch.tensor(1.0), "train/td_loss": torch.tensor(math.inf),
+                             "train/click_loss": torch.tensor(math.nan)})
+    assert module.step_losses == {}  # consumed, as every step
+
+
+def test_the_guard_lets_finite_values_pass_even_when_their_total_overflows() -> None:
+    module = with_grads(TwoLayers(), value=1e30)  # squares overflow float32: the total is inf
+    guard_check(module, {"train/loss": torch.tensor(3e38)})
+
+
+def test_the_guard_syncs_with_the_host_once_per_finite_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = with_grads(TwoLayers())
+    calls = []
+    to_bool = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: calls.append(1) or to_bool(self))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("item() in the guard"))
+    guard_check(module, {"train/loss": torch.tensor(0.2), "train/td_loss": torch.tensor(0.1)})
+    assert len(calls) == 1
