@@ -162,8 +162,9 @@ def _first_non_finite(losses: dict[str, Tensor], pl_module: Any) -> tuple[str, s
 
 
 class NonFiniteGuard(L.Callback):
-    """Checks the step's loss terms and every gradient before the optimiser applies them: one
-    total of them all each step, the culprit sought tensor by tensor only when it is not finite.
+    """Checks the step's loss terms and the gradients of the optimiser's parameters before it
+    applies them: one total of them all each step, the culprit sought tensor by tensor (by
+    parameter name) only when it is not finite.
 
     The loss terms are the ones the module recorded in ``step_losses`` (``RecommenderModule``
     records ``train/td_loss``, ``train/loss``, ...). On a NaN or inf: save ``last_good`` (the
@@ -193,7 +194,10 @@ class NonFiniteGuard(L.Callback):
         losses = getattr(pl_module, "step_losses", {}) or {}
         if hasattr(pl_module, "step_losses"):
             pl_module.step_losses = {}
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        # The gradients the optimiser is about to apply: its parameter list is at hand, where
+        # walking the module tree for them (parameters()) cost as much as the check itself.
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
         # One total over every loss term and gradient, one host sync: a NaN or inf anywhere
         # makes it non-finite (so can a finite overflow, which the walk below then clears).
         # Checking tensor by tensor cost two small ops and a sync each, every step.

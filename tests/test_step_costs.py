@@ -129,10 +129,12 @@ class TwoLayers(nn.Module):
 
 def guard_check(module: nn.Module, losses: dict[str, torch.Tensor] | None = None,
                 last_good: Path | None = None) -> None:
-    """``NonFiniteGuard.on_before_optimizer_step`` on ``module``'s current gradients."""
+    """``NonFiniteGuard.on_before_optimizer_step`` on ``module``'s current gradients, before the
+    step of an optimiser of all its parameters."""
     module.step_losses = dict(losses or {})
     trainer = SimpleNamespace(global_step=6, save_checkpoint=lambda *a, **k: None)
-    NonFiniteGuard(last_good).on_before_optimizer_step(trainer, module, optimizer=None)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    NonFiniteGuard(last_good).on_before_optimizer_step(trainer, module, optimizer)
 
 
 def with_grads(module: nn.Module, value: float = 0.5) -> nn.Module:
