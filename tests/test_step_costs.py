@@ -6,6 +6,7 @@
   step logs; the loss terms still reach the NaN guard every step.
 - ``NonFiniteGuard``: one finiteness check of a total per step (one host sync), and the same
   error naming the same loss term or gradient as a check of every tensor.
+- ``StepProgressBar``: redrawn at most every ``min_interval`` seconds, and at the last step.
 """
 
 from __future__ import annotations
@@ -177,3 +178,25 @@ def test_the_guard_syncs_with_the_host_once_per_finite_step(monkeypatch: pytest.
     monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("item() in the guard"))
     guard_check(module, {"train/loss": torch.tensor(0.2), "train/td_loss": torch.tensor(0.1)})
     assert len(calls) == 1
+
+
+# -- the progress bar -----------------------------------------------------------------------------
+@pytest.mark.parametrize(("min_interval", "drawn"), [(0.0, list(range(1, 8))), (3600.0, [1, 7])])
+def test_the_step_bar_redraws_at_most_every_min_interval_and_at_the_last_step(
+    min_interval: float, drawn: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lightning.pytorch.callbacks.progress.tqdm_progress as tqdm_progress
+
+    from recrl.callbacks import StepProgressBar
+
+    seen: list[int] = []
+    update_n = tqdm_progress._update_n
+    monkeypatch.setattr(tqdm_progress, "_update_n",
+                        lambda bar, value: seen.append(value) or update_n(bar, value))
+    module = small_module(ReinforceModule, num_envs=4, frames_per_batch=32)
+    trainer = L.Trainer(max_steps=7, accelerator="cpu", logger=False,
+                        callbacks=[StepProgressBar(min_interval=min_interval)],
+                        enable_checkpointing=False, enable_model_summary=False,
+                        use_distributed_sampler=False)
+    trainer.fit(module)
+    assert seen == drawn  # the bar's count: optimiser steps, the last one always shown
