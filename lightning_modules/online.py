@@ -202,6 +202,19 @@ class OnlineRLModule(PolicyModule):
         if self.global_rank > 0:
             self.item_clicks.zero_()
 
+    def transfer_batch_to_device(self, batch: TensorDictBase, device: torch.device,
+                                 dataloader_idx: int) -> TensorDictBase:
+        """The batch itself when every tensor in it is on ``device`` already, as the rollout
+        stream's are (the collector steps an env that lives where the module does).
+
+        Lightning's default rebuilds a TensorDict that has no device of its own (a PPO
+        minibatch cut from a rollout) leaf by leaf even when nothing moves: ~0.7 ms of a small
+        PPO step on the CPU.
+        """
+        if batch.device == device or all(t.device == device for t in batch.values(True, True)):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_train_batch_start(self, batch: TensorDictBase, batch_idx: int) -> None:
         if self._stream is not None:
             self._stream.mark_consumed()

@@ -200,3 +200,23 @@ def test_the_step_bar_redraws_at_most_every_min_interval_and_at_the_last_step(
                         use_distributed_sampler=False)
     trainer.fit(module)
     assert seen == drawn  # the bar's count: optimiser steps, the last one always shown
+
+
+# -- batches the rollout stream made on the module's device ---------------------------------------
+def test_a_batch_already_on_the_device_is_not_rebuilt(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensordict import TensorDict
+
+    moved: list[Any] = []
+    monkeypatch.setattr(L.LightningModule, "transfer_batch_to_device",
+                        lambda self, batch, device, idx: moved.append(batch) or batch)
+    module = small_module(ReinforceModule, num_envs=4, frames_per_batch=32)
+    cpu = torch.device("cpu")
+    # No device of its own (as a minibatch indexed out of a rollout), every leaf on the CPU.
+    batch = TensorDict({"a": torch.zeros(4), ("next", "b"): torch.ones(4, 2)}, batch_size=[4])
+    assert batch.device is None
+    assert module.transfer_batch_to_device(batch, cpu, 0) is batch
+    assert module.transfer_batch_to_device(batch.to(cpu), cpu, 0) is not None and not moved
+    # A leaf elsewhere: Lightning's transfer moves it.
+    batch[("next", "c")] = torch.zeros(4, device="meta")
+    module.transfer_batch_to_device(batch, cpu, 0)
+    assert moved == [batch]
