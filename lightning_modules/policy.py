@@ -63,6 +63,10 @@ class PolicyModule(L.LightningModule):
         #: Loss terms of the current training step (``log_loss``), checked for NaN / inf before
         #: the optimiser applies the step (``NonFiniteGuard``).
         self.step_losses: dict[str, Tensor] = {}
+        #: The parameters with a gradient in the current step and the total 2-norm of those
+        #: gradients, when the NaN guard has summed them already (it runs just before clipping):
+        #: `configure_gradient_clipping` scales by it instead of walking and summing again.
+        self.step_gradient_norm: tuple[list[Tensor], Tensor] | None = None
         #: Why a resumed run could not continue the saved run exactly (None: it did, or it was
         #: not resumed); recorded in results.json.
         self.resumed_with_fresh_users: str | None = None
@@ -179,10 +183,21 @@ class PolicyModule(L.LightningModule):
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
         """Clips to ``max_grad_norm`` and logs the norm before clipping (a divergence shows here
-        first)."""
+        first).
+
+        The norm is the NaN guard's (`step_gradient_norm`), the same sum of the same gradients,
+        unless a subclass's ``on_before_optimizer_step``, which runs between the two, may have
+        changed them since.
+        """
+        handed, self.step_gradient_norm = self.step_gradient_norm, None
         if self.max_grad_norm is None:
             return
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
+        if handed is not None and (type(self).on_before_optimizer_step
+                                   is L.LightningModule.on_before_optimizer_step):
+            params, norm = handed
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
         if self.should_log:
             self.log("train/grad_norm", norm)
 

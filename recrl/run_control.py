@@ -24,6 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from torch import Tensor
+from torch.nn.utils import get_total_norm
 
 from recrl.run_folder import PAUSED_FILE
 
@@ -137,17 +138,6 @@ def _describe(tensor: Tensor) -> str:
     return "nan" if bool(torch.isnan(tensor).any()) else "inf"
 
 
-def _all_finite(tensors: list[Tensor]) -> bool:
-    """True when the total 2-norm of ``tensors`` is finite: then none holds a NaN or inf.
-
-    ``get_total_norm`` runs one fused (foreach) norm over the tensors of a device and dtype.
-    False also when finite values are so large (~1e19) that their squares overflow.
-    """
-    if not tensors:
-        return True
-    return bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors)))
-
-
 def _first_non_finite(losses: dict[str, Tensor], pl_module: Any) -> tuple[str, str] | None:
     """What `NonFiniteError` names: the first loss term holding a NaN or inf (in the order they
     were logged), else the first parameter whose gradient does, with "nan" or "inf"; None when
@@ -163,8 +153,10 @@ def _first_non_finite(losses: dict[str, Tensor], pl_module: Any) -> tuple[str, s
 
 class NonFiniteGuard(L.Callback):
     """Checks the step's loss terms and the gradients of the optimiser's parameters before it
-    applies them: one total of them all each step, the culprit sought tensor by tensor (by
-    parameter name) only when it is not finite.
+    applies them: one total of each every step, the culprit sought tensor by tensor (by
+    parameter name) only when one is not finite. The gradients' total is the 2-norm that
+    gradient clipping scales by: the module gets it (``step_gradient_norm``) rather than
+    summing the same gradients again.
 
     The loss terms are the ones the module recorded in ``step_losses`` (``RecommenderModule``
     records ``train/td_loss``, ``train/loss``, ...). On a NaN or inf: save ``last_good`` (the
@@ -196,12 +188,21 @@ class NonFiniteGuard(L.Callback):
             pl_module.step_losses = {}
         # The gradients the optimiser is about to apply: its parameter list is at hand, where
         # walking the module tree for them (parameters()) cost as much as the check itself.
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
-                 if p.grad is not None]
-        # One total over every loss term and gradient, one host sync: a NaN or inf anywhere
-        # makes it non-finite (so can a finite overflow, which the walk below then clears).
-        # Checking tensor by tensor cost two small ops and a sync each, every step.
-        if _all_finite([*losses.values(), *grads]):
+        params = [p for group in optimizer.param_groups for p in group["params"]
+                  if p.grad is not None]
+        # One total of the gradients and one of the loss terms, one host sync: a NaN or inf
+        # anywhere makes them non-finite (so can a finite overflow, which the walk below then
+        # clears). Checking tensor by tensor cost two small ops and a sync each, every step.
+        totals = []
+        if params:
+            grad_norm = get_total_norm([p.grad for p in params])
+            totals.append(grad_norm)
+            if hasattr(pl_module, "step_gradient_norm"):  # clipping, next, scales by it
+                pl_module.step_gradient_norm = (params, grad_norm)
+        if losses:
+            totals.append(get_total_norm(list(losses.values())))
+        if not totals or bool(torch.isfinite(torch.stack([t.to(totals[0].device)
+                                                          for t in totals])).all()):
             return
         bad = _first_non_finite(losses, pl_module)
         if bad is None:

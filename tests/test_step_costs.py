@@ -220,3 +220,46 @@ def test_a_batch_already_on_the_device_is_not_rebuilt(monkeypatch: pytest.Monkey
     batch[("next", "c")] = torch.zeros(4, device="meta")
     module.transfer_batch_to_device(batch, cpu, 0)
     assert moved == [batch]
+
+
+# -- clipping by the guard's total ------------------------------------------------------------------
+def test_clipping_by_the_guards_norm_equals_clip_grad_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    def module_with_grads() -> PolicyModule:
+        module = small_module(ReinforceModule, num_envs=4, frames_per_batch=32, max_grad_norm=0.5)
+        torch.manual_seed(1)
+        for param in module.parameters():
+            param.grad = torch.randn_like(param)
+        return module
+
+    logged: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(PolicyModule, "should_log", property(lambda self: True))
+    guarded, reference = module_with_grads(), module_with_grads()
+    guarded.log = lambda name, value, **kwargs: logged.setdefault(name, value)
+    reference.log = lambda *args, **kwargs: None
+    guard_check(guarded, {"train/loss": torch.tensor(0.3)})
+    assert guarded.step_gradient_norm is not None
+    monkeypatch.setattr(torch.nn.utils.clip_grad, "_get_total_norm",
+                        lambda *a, **k: pytest.fail("summed the gradients again"))
+    guarded.configure_gradient_clipping(None)
+    monkeypatch.undo()
+    assert guarded.step_gradient_norm is None  # used once
+    expected = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
+    assert torch.equal(logged["train/grad_norm"], expected)
+    for (name, a), (_, b) in zip(guarded.named_parameters(), reference.named_parameters()):
+        assert torch.equal(a.grad, b.grad), name
+
+
+def test_a_module_that_may_change_gradients_after_the_guard_clips_by_its_own_sum() -> None:
+    class Rescaling(ReinforceModule):
+        def on_before_optimizer_step(self, optimizer: Any) -> None:
+            for param in self.parameters():
+                param.grad.mul_(100.0)
+
+    module = small_module(Rescaling, num_envs=4, frames_per_batch=32, max_grad_norm=1.0)
+    for param in module.parameters():
+        param.grad = torch.ones_like(param)
+    guard_check(module)
+    module.on_before_optimizer_step(None)
+    module.configure_gradient_clipping(None)
+    total = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()])
+    assert total.item() == pytest.approx(1.0, rel=1e-4)  # not 100x too large
