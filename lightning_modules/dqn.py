@@ -262,7 +262,8 @@ class DQNModule(OnlineRLModule):
             loss = loss + self.hparams.click_loss_weight * click_loss
             self.log_loss("train/click_loss", click_loss)
         self.log_loss("train/loss", loss)
-        self.log("train/epsilon", self.exploration.eps)
+        if self.should_log:
+            self.log("train/epsilon", self.exploration.eps)
         self.log_progress()
         return loss
 

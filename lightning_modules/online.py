@@ -202,6 +202,19 @@ class OnlineRLModule(PolicyModule):
         if self.global_rank > 0:
             self.item_clicks.zero_()
 
+    def transfer_batch_to_device(self, batch: TensorDictBase, device: torch.device,
+                                 dataloader_idx: int) -> TensorDictBase:
+        """The batch itself when every tensor in it is on ``device`` already, as the rollout
+        stream's are (the collector steps an env that lives where the module does).
+
+        Lightning's default rebuilds a TensorDict that has no device of its own (a PPO
+        minibatch cut from a rollout) leaf by leaf even when nothing moves: ~0.7 ms of a small
+        PPO step on the CPU.
+        """
+        if batch.device == device or all(t.device == device for t in batch.values(True, True)):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_train_batch_start(self, batch: TensorDictBase, batch_idx: int) -> None:
         if self._stream is not None:
             self._stream.mark_consumed()
@@ -241,7 +254,10 @@ class OnlineRLModule(PolicyModule):
             }, path)
 
     def log_progress(self) -> None:
-        """Logs frames collected and collection speed; call from ``training_step``."""
+        """Logs frames collected and collection speed on the steps the loggers write
+        (`should_log`); call from ``training_step``."""
+        if not self.should_log:
+            return
         self.log("train/frames", self.frames.float(), prog_bar=True)
         if self.frames_per_s is not None:
             self.log("train/frames_per_s", self.frames_per_s)

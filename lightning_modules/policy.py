@@ -63,6 +63,10 @@ class PolicyModule(L.LightningModule):
         #: Loss terms of the current training step (``log_loss``), checked for NaN / inf before
         #: the optimiser applies the step (``NonFiniteGuard``).
         self.step_losses: dict[str, Tensor] = {}
+        #: The parameters with a gradient in the current step and the total 2-norm of those
+        #: gradients, when the NaN guard has summed them already (it runs just before clipping):
+        #: `configure_gradient_clipping` scales by it instead of walking and summing again.
+        self.step_gradient_norm: tuple[list[Tensor], Tensor] | None = None
         #: Why a resumed run could not continue the saved run exactly (None: it did, or it was
         #: not resumed); recorded in results.json.
         self.resumed_with_fresh_users: str | None = None
@@ -152,20 +156,50 @@ class PolicyModule(L.LightningModule):
         return policy_results(self, run)
 
     # -- training plumbing --------------------------------------------------------------------
+    @property
+    def should_log(self) -> bool:
+        """Whether the loggers write this training step's ``train/*`` metrics.
+
+        Lightning writes them every ``trainer.log_every_n_steps`` steps and drops what
+        ``self.log`` was given on the others, after ~1 ms a call of bookkeeping: training code
+        logs only when this is true (``log_loss``, ``log_progress``, the gradient norm), so the
+        written rows are those of logging every step. It is Lightning's own decision
+        (``should_update_logs``: every n-th step, or a stopping one), read during the step;
+        False without a trainer (nothing would be logged).
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        return trainer._logger_connector.should_update_logs or bool(trainer.fast_dev_run)
+
     def log_loss(self, name: str, value: Tensor, **kwargs: Any) -> None:
-        """``self.log`` for a loss term, which is also checked for NaN / inf before the step."""
+        """Records a loss term for the NaN / inf check before the step (every step), and
+        ``self.log``s it on the steps the loggers write (`should_log`)."""
         self.step_losses[name] = value.detach()
-        self.log(name, value, **kwargs)
+        if self.should_log:
+            self.log(name, value, **kwargs)
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
         """Clips to ``max_grad_norm`` and logs the norm before clipping (a divergence shows here
-        first)."""
+        first).
+
+        The norm is the NaN guard's (`step_gradient_norm`), the same sum of the same gradients,
+        unless a subclass's ``on_before_optimizer_step``, which runs between the two, may have
+        changed them since.
+        """
+        handed, self.step_gradient_norm = self.step_gradient_norm, None
         if self.max_grad_norm is None:
             return
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
-        self.log("train/grad_norm", norm)
+        if handed is not None and (type(self).on_before_optimizer_step
+                                   is L.LightningModule.on_before_optimizer_step):
+            params, norm = handed
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
+        if self.should_log:
+            self.log("train/grad_norm", norm)
 
     def adamw(self, lr: float, weight_decay: float, anneal_lr: bool) -> dict:
         """AdamW over all parameters; with ``anneal_lr`` the rate decays linearly to 0 over

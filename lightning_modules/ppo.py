@@ -220,11 +220,14 @@ class PPOModule(OnlineRLModule):
         for key in ("loss_objective", "loss_critic", "loss_entropy"):
             if key in out.keys():
                 self.log_loss(f"train/{key}", out[key].detach().float().mean())
-        for key in ("entropy", "kl_approx", "clip_fraction", "explained_variance"):
-            if key in out.keys():
-                self.log(f"train/{key}", out[key].detach().float().mean())
+        should_log = self.should_log
+        if should_log:
+            for key in ("entropy", "kl_approx", "clip_fraction", "explained_variance"):
+                if key in out.keys():
+                    self.log(f"train/{key}", out[key].detach().float().mean())
         self.log_loss("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        if should_log:
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         self.log_progress()
         return loss
 

@@ -24,6 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from torch import Tensor
+from torch.nn.utils import get_total_norm
 
 from recrl.run_folder import PAUSED_FILE
 
@@ -137,8 +138,25 @@ def _describe(tensor: Tensor) -> str:
     return "nan" if bool(torch.isnan(tensor).any()) else "inf"
 
 
+def _first_non_finite(losses: dict[str, Tensor], pl_module: Any) -> tuple[str, str] | None:
+    """What `NonFiniteError` names: the first loss term holding a NaN or inf (in the order they
+    were logged), else the first parameter whose gradient does, with "nan" or "inf"; None when
+    every value is finite. Tensor by tensor: run only once the total is not finite."""
+    for name, value in losses.items():
+        if not bool(torch.isfinite(value).all()):
+            return name, _describe(value)
+    for name, param in pl_module.named_parameters():
+        if param.grad is not None and not bool(param.grad.isfinite().all()):
+            return f"the gradient of {name}", _describe(param.grad)
+    return None
+
+
 class NonFiniteGuard(L.Callback):
-    """Checks the step's loss terms and every gradient before the optimiser applies them.
+    """Checks the step's loss terms and the gradients of the optimiser's parameters before it
+    applies them: one total of each every step, the culprit sought tensor by tensor (by
+    parameter name) only when one is not finite. The gradients' total is the 2-norm that
+    gradient clipping scales by: the module gets it (``step_gradient_norm``) rather than
+    summing the same gradients again.
 
     The loss terms are the ones the module recorded in ``step_losses`` (``RecommenderModule``
     records ``train/td_loss``, ``train/loss``, ...). On a NaN or inf: save ``last_good`` (the
@@ -166,18 +184,27 @@ class NonFiniteGuard(L.Callback):
         self._remove_hook()
         step = trainer.global_step + 1
         losses = getattr(pl_module, "step_losses", {}) or {}
-        bad: tuple[str, str] | None = None
-        for name, value in losses.items():
-            if not bool(torch.isfinite(value).all()):
-                bad = (name, _describe(value))
-                break
         if hasattr(pl_module, "step_losses"):
             pl_module.step_losses = {}
-        if bad is None:
-            grads = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
-            if grads and not bool(torch.stack([g.isfinite().all() for _, g in grads]).all()):
-                name, grad = next((n, g) for n, g in grads if not bool(g.isfinite().all()))
-                bad = (f"the gradient of {name}", _describe(grad))
+        # The gradients the optimiser is about to apply: its parameter list is at hand, where
+        # walking the module tree for them (parameters()) cost as much as the check itself.
+        params = [p for group in optimizer.param_groups for p in group["params"]
+                  if p.grad is not None]
+        # One total of the gradients and one of the loss terms, one host sync: a NaN or inf
+        # anywhere makes them non-finite (so can a finite overflow, which the walk below then
+        # clears). Checking tensor by tensor cost two small ops and a sync each, every step.
+        totals = []
+        if params:
+            grad_norm = get_total_norm([p.grad for p in params])
+            totals.append(grad_norm)
+            if hasattr(pl_module, "step_gradient_norm"):  # clipping, next, scales by it
+                pl_module.step_gradient_norm = (params, grad_norm)
+        if losses:
+            totals.append(get_total_norm(list(losses.values())))
+        if not totals or bool(torch.isfinite(torch.stack([t.to(totals[0].device)
+                                                          for t in totals])).all()):
+            return
+        bad = _first_non_finite(losses, pl_module)
         if bad is None:
             return
         if self.last_good is not None:
