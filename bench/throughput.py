@@ -70,7 +70,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from functools import wraps
 from pathlib import Path
 from types import ModuleType
@@ -133,23 +132,28 @@ RESULT_MARK = "THROUGHPUT_ROW "
 
 
 # -- rows -----------------------------------------------------------------------------------
-@dataclass
 class Row:
-    """One training run of the table: what it is and the overrides it runs with."""
+    """One training run of the table: what it is, the overrides it runs with, its sizes and its
+    result. (A plain class: a dataclass needs its module in ``sys.modules``, which a script
+    loaded from its file, as the tests load bench/, is not.)"""
 
-    algo: str
-    label: str
-    device: str
-    encoder: str
-    overrides: list[str]  # the row's own, then --override, then the device's hardware
-    width: int = 0
-    frames_per_rollout: int = 0
-    updates_per_rollout: int = 0
-    rollouts: int = 0
-    steps: int = 0
-    threads: int = 1
-    labels: list[str] = field(default_factory=list)  # every label that named this config
-    result: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, algo: str, label: str, device: str, encoder: str,
+                 overrides: list[str]) -> None:
+        self.algo, self.label, self.device, self.encoder = algo, label, device, encoder
+        self.overrides = overrides  # the row's own, then --override, then the device's hardware
+        self.labels: list[str] = [label]  # every label whose config composed the same
+        self.width = self.frames_per_rollout = self.updates_per_rollout = 0
+        self.rollouts = self.steps = 0
+        self.threads = 1
+        self.result: dict[str, Any] = {}
+
+    def spec(self) -> dict[str, Any]:
+        """What the row's process needs (``--row``)."""
+        return {"algo": self.algo, "device": self.device, "steps": self.steps,
+                "threads": self.threads, "overrides": self.overrides}
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
 
 
 def merge_overrides(*lists: list[str]) -> list[str]:
@@ -212,7 +216,6 @@ def plan_rows(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                 if key in rows:
                     rows[key].labels.append(row.label)
                     continue
-                row.labels = [row.label]
                 size_row(row, cfg, args)
                 rows[key] = row
     return list(rows.values()), notes
@@ -451,8 +454,7 @@ def row_main(spec_json: str) -> None:
 
 # -- the table ------------------------------------------------------------------------------
 def run_in_subprocess(row: Row, timeout: float) -> dict[str, Any]:
-    spec = {k: v for k, v in asdict(row).items() if k not in ("labels", "result")}
-    command = [sys.executable, str(Path(__file__).resolve()), "--row", json.dumps(spec)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--row", json.dumps(row.spec())]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -620,7 +622,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         args.json.write_text(json.dumps({
             "command": command, "machine": machine, "total_s": total_s,
             "load_average": {"before": load_before, "after": load_after},
-            "skipped": skipped, "rows": [asdict(row) for row in rows],
+            "skipped": skipped, "rows": [row.as_dict() for row in rows],
         }, indent=2))
     return rows
 
