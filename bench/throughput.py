@@ -51,7 +51,7 @@ Columns:
 On cuda the clock synchronises the device at phase boundaries (and only there).
 
     python bench/throughput.py                     # cpu, bert_tiny, dqn + ppo, widths 8 64 256 1024
-    python bench/throughput.py --quick             # reference + default rows, few steps (~2 min)
+    python bench/throughput.py --quick             # reference + default rows, few steps (~1 min)
     python bench/throughput.py --devices cuda --encoders bert_tiny bert_small --json gpu.json
     python bench/throughput.py --algos ppo --widths 64 256 --batch-scaling linear \\
                                --override env.num_items=5000
@@ -75,6 +75,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recrl.build import build
+from recrl.machine import describe_machine
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -87,13 +94,6 @@ def _load_training() -> ModuleType:
 
 
 training = _load_training()
-
-import lightning as L  # noqa: E402  (after bench/training.py, which imports it the same way)
-import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from recrl.build import build  # noqa: E402
-from recrl.machine import describe_machine  # noqa: E402
 
 REFERENCE_LABEL = "reference (2026-12-05 defaults)"
 #: Every setting that moves training speed, as conf/ had it on 2026-12-05 (besides the env,
