@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import SHORT_SESSIONS, load_bench
 
@@ -26,13 +27,16 @@ SMOKE = ["debug=smoke", SHORT_SESSIONS]
 
 
 @pytest.fixture(autouse=True)
-def _restore_loggers() -> Iterator[None]:
-    """The script's quiet() raises Lightning's and TorchRL's log levels: put them back."""
+def _restore_loggers_and_threads() -> Iterator[None]:
+    """The script's quiet() raises Lightning's and TorchRL's log levels, and a row sets torch's
+    threads: put them back."""
     names = ("lightning", "lightning.pytorch", "lightning.fabric", "torchrl")
     levels = {name: logging.getLogger(name).level for name in names}
+    threads = torch.get_num_threads()
     yield
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("algo", ["dqn", "ppo"])
@@ -77,7 +81,7 @@ def test_overrides_merge_with_the_later_winning() -> None:
 def smoke_row(algo: str, steps: int, overrides: list[str] = ()) -> "throughput.Row":
     row = throughput.Row(algo, "width 8", "cpu", "bert_tiny", [*SMOKE, *overrides])
     row.steps = steps
-    row.threads = 0  # leave this process's torch threads alone
+    row.threads = 1  # as the script's rows run (steadier on a busy machine); put back after
     return row
 
 
