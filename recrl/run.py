@@ -78,10 +78,6 @@ def log_file_suffix() -> str:
 OmegaConf.register_new_resolver("recrl_log_suffix", log_file_suffix, replace=True)
 
 
-# conf/hydra/default.yaml names the log file with it; registered before Hydra configures logging.
-OmegaConf.register_new_resolver("recrl_log_suffix", log_file_suffix, replace=True)
-
-
 def pin_sweep_folder_for_ddp_processes() -> None:
     """In a multirun, Lightning's ``ddp`` re-runs our command line (with ``-m``) for every extra
     process, which would resolve ``${now:...}`` again and start a second sweep folder. The
