@@ -65,7 +65,23 @@ def build_module(cfg: DictConfig) -> tuple[Any, Any]:
     for key in RUN_KEYS:
         algo_cfg.pop(key, None)
     module = instantiate(algo_cfg, encoder=encoder, env_factory=env_factory, seed=cfg.seed)
+    compile_encoder(module.encoder, cfg.get("compile"))
     return module, probe_env
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def compile_encoder(encoder: Any, compile_cfg: DictConfig | None) -> None:
+    """``compile.enabled``: the encoder's calls go through ``torch.compile`` (in place, so its
+    state dict, checkpoints and DDP wrapping are unchanged); compilation happens at the first
+    call of each input shape."""
+    if compile_cfg is None or not compile_cfg.enabled:
+        return
+    if compile_cfg.mode not in COMPILE_MODES:
+        raise ValueError(f"compile.mode={compile_cfg.mode!r}: choose one of "
+                         f"{', '.join(COMPILE_MODES)}")
+    encoder.compile(mode=compile_cfg.mode)
 
 
 def make_callbacks(cfg: DictConfig, validation: EveryNSteps, loggers: list[Any]) -> list[Any]:

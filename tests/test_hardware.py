@@ -228,3 +228,22 @@ def test_several_devices_run_as_cpu_processes_as_written(tmp_path: Path) -> None
     assert (machine["device"], machine["processes"], machine["ddp_backend"]) == ("cpu", 2, "gloo")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert machine["cpu_threads"] == max(1, cores // 2)
+
+
+# -- compile switch ------------------------------------------------------------------------------
+def test_compile_switch_compiles_the_encoder_in_place_and_keeps_its_checkpoint_keys() -> None:
+    from recrl.build import build_module
+
+    plain, _ = build_module(compose_config("debug=smoke"))
+    compiled, _ = build_module(compose_config("debug=smoke", "compile.enabled=true",
+                                              "compile.mode=reduce-overhead"))
+    assert plain.encoder._compiled_call_impl is None  # off by default
+    assert compiled.encoder._compiled_call_impl is not None
+    assert compiled.state_dict().keys() == plain.state_dict().keys()  # no "_orig_mod." prefix
+
+
+def test_an_unknown_compile_mode_is_one_clear_error(tmp_path: Path) -> None:
+    error = run_recrl_in_process(tmp_path / "run", "debug=smoke", "compile.enabled=true",
+                                 "compile.mode=fastest")
+    assert error is not None and "compile.mode='fastest'" in error and "reduce-overhead" in error
+    assert not (tmp_path / "run" / "results.json").exists()
