@@ -37,9 +37,17 @@ class EveryNSteps(L.Callback):
         self.curve: list[dict[str, float]] = []
         #: ``{"point": curve point, **_snapshot(...)}`` of the best evaluation so far.
         self.best: dict[str, Any] | None = None
+        #: Wall-clock seconds this process spent in these evaluations (results.json's
+        #: validation_time_s: what the evaluation cadence costs a run).
+        self.seconds = 0.0
 
     def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
         raise NotImplementedError
+
+    def _timed_evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
+        started = time.perf_counter()
+        self._evaluate(trainer, pl_module)
+        self.seconds += time.perf_counter() - started
 
     def _snapshot(self, pl_module: Any) -> dict[str, Any]:
         """What ``evaluation.select=best`` needs to restore this point's model later."""
@@ -55,17 +63,17 @@ class EveryNSteps(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         if not self.curve:  # not again when resuming
-            self._evaluate(trainer, pl_module)
+            self._timed_evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
         if trainer.global_step % self.every_n_steps == 0:
-            self._evaluate(trainer, pl_module)
+            self._timed_evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         # The final weights always have a validation point (what a sweep's objective and the
         # selection of weights read), also when max_steps is not a multiple of every_n_steps.
         if not self.curve or self.curve[-1]["step"] != trainer.global_step:
-            self._evaluate(trainer, pl_module)
+            self._timed_evaluate(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         return {"curve": self.curve, "best": self.best}

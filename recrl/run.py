@@ -154,6 +154,8 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     results = final.results
     results["optimizer_steps"] = trainer.global_step
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
+    # Of it, the periodic evaluations on validation users (their cadence is the knob).
+    results["validation_time_s"] = round(validation.seconds, 1)
     results["seed"] = cfg.seed
     # The strategy's device, not the module's: Lightning moves the module back to the CPU after
     # fit, so module.device would call every GPU run a CPU run.
