@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from recrl.data import PreprocessConfig, load_sequences
 from recrl.ranking import evaluate_ranking, most_popular_scorer, popularity_scores
 from recrl.build import with_default_env
-from tests.conftest import load_bench
+from tests.conftest import CONF_DIR, load_bench
 from tests.test_ranking import make_sequences
 
 
@@ -287,7 +288,8 @@ def test_training_benchmark_table_adds_up(monkeypatch, capsys) -> None:
             rows[cells["way"]] = cells
     assert set(rows) == {"recrl", "minimal"}
     phases = [f"{phase} ms" for phase in training.PHASES]
-    frames_per_update = 256 / 4  # conf/algo/dqn.yaml: frames_per_batch / updates_per_batch
+    dqn = OmegaConf.load(CONF_DIR / "algo" / "dqn.yaml")  # the config the bench trains
+    frames_per_update = dqn.frames_per_batch / dqn.updates_per_batch
     for cells in rows.values():
         updates_per_s = float(cells["updates/s"])
         assert sum(float(cells[p]) for p in phases) == pytest.approx(1000 / updates_per_s,
