@@ -76,6 +76,24 @@ class UserResponseModel(abc.ABC):
         """
         return None
 
+    def item_vectors(self) -> Tensor | None:
+        """A vector per item, [N+1, D] float32 (row 0 padding), whose Euclidean distances say how
+        alike two items are to this simulator's users, or None.
+
+        Diversity metrics (intra-list diversity) measure with it, so it is the simulator's own
+        notion of similarity: topics for synthetic users, the taste model's item factors for
+        logged data, the rating columns on Coat.
+        """
+        return None
+
+    def item_categories(self) -> Tensor | None:
+        """One category id per item, [N+1] int64 (0 at padding, categories from 1), or None.
+
+        Majority-category domination (the share of a session taken by its most shown category)
+        needs it; catalogues without categories return None.
+        """
+        return None
+
     def expected_watch_time(self) -> Tensor:
         """Expected immediate reward of every item for every user, [B, N+1] (index 0 ignored).
 
@@ -190,6 +208,16 @@ class RecEnv(EnvBase):
     def item_features(self) -> Tensor | None:
         """Public catalogue metadata, [N+1, F] float32, or None (see `UserResponseModel`)."""
         return self.users.item_features()
+
+    @property
+    def item_vectors(self) -> Tensor | None:
+        """Item vectors for similarity-based metrics, [N+1, D], or None (see `UserResponseModel`)."""
+        return self.users.item_vectors()
+
+    @property
+    def item_categories(self) -> Tensor | None:
+        """One category id per item, [N+1] int64, or None (see `UserResponseModel`)."""
+        return self.users.item_categories()
 
     def _make_specs(self) -> None:
         B, L, N = self.batch_size[0], self.history_length, self.num_items
