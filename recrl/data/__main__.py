@@ -1,4 +1,4 @@
-"""``python -m recrl.data download ml-100k [--dest data]``: fetch an official dataset."""
+"""``python -m recrl.data download ml-100k|ml-1m|coat [--dest data]``: fetch an official dataset."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("name", choices=sorted(DATASETS))
     fetch.add_argument("--dest", default="data", help="folder to unpack into (default: data/)")
     fetch.add_argument("--base-url", default=None,
-                       help="a mirror of files.grouplens.org/datasets/movielens/")
+                       help="a mirror of files.grouplens.org/datasets/movielens/ (coat: "
+                            "a folder serving coat.zip and coat_pseudoGT_ratingM.ascii)")
     args = parser.parse_args(argv)
     try:
         folder = download(args.name, args.dest, args.base_url)

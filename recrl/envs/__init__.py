@@ -1,6 +1,7 @@
 """Batched recommendation environments: `RecEnv` plus swappable user models."""
 
 from recrl.envs.base import RecEnv, UserResponse, UserResponseModel
+from recrl.envs.coat import CoatEnv, RatingMatrixUsers
 from recrl.envs.interest_evolution import InterestEvolutionEnv, InterestEvolutionUsers
 from recrl.envs.logged import LoggedEnv, LoggedUsers
 
@@ -9,6 +10,8 @@ from recrl.envs.logged import LoggedEnv, LoggedUsers
 from recrl.observation import uniform_valid_action
 
 __all__ = [
+    "CoatEnv",
+    "RatingMatrixUsers",
     "InterestEvolutionEnv",
     "InterestEvolutionUsers",
     "LoggedEnv",
