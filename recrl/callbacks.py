@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from recrl.data import Sequences
-from recrl.evaluation import play_users, summarise
+from recrl.evaluation import ITEM_METRICS, play_users, summarise
 from recrl.ranking import evaluate_ranking
 
 
@@ -125,10 +125,14 @@ class PeriodicEvaluation(EveryNSteps):
         was_training = pl_module.training
         pl_module.eval()
         try:
+            # Every rank asks (the hook may be a collective); rank 0's env uses it for novelty
+            # where the simulator has no log (recrl.evaluation.popularity_reference).
+            popularity = pl_module.training_popularity()
             metrics = summarise(play_users(
                 lambda num_users, seed: pl_module.make_env(num_users, seed=seed, split="validation"),
                 lambda env: pl_module.greedy_policy,
                 num_users=self.num_users, seed=self.seed, max_steps=self.max_steps,
+                training_popularity=popularity,
             ))
         finally:
             pl_module.train(was_training)
@@ -142,7 +146,7 @@ class PeriodicEvaluation(EveryNSteps):
             "val/clicks": metrics["clicks_mean"],
             "val/ctr": metrics["ctr"],
             "val/episode_length": metrics["episode_length"],
-            "val/coverage": metrics["coverage"],
+            **{f"val/{key}": metrics[key] for key in ITEM_METRICS if key in metrics},
             }
         if "frames" in point:
             val_metrics["val/frames"] = float(point["frames"])

@@ -16,6 +16,8 @@ from torch import Tensor
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
+from recrl.diversity import episode_diversity, gini, majority_categories, self_information
+
 Policy = Callable[[TensorDictBase], TensorDictBase]
 
 #: z-value of a two-sided 95% normal interval. Evaluations use hundreds of users, where the
@@ -32,13 +34,83 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 
 
 class Episodes(NamedTuple):
-    """What one episode per user leaves behind: per-user totals and the items recommended."""
+    """What one episode per user leaves behind: per-user totals and how items were exposed.
+
+    The item-level fields are None where the env (or the run) cannot provide their input:
+    `summarise` then leaves their metrics out rather than reporting a number that means nothing.
+    """
 
     returns: Tensor  # [U] float64, the episode's total reward
     clicks: Tensor  # [U] float64
     lengths: Tensor  # [U] float64, recommendations before the user left
-    recommended: Tensor  # [N + 1] bool, items recommended to anybody
+    exposure: Tensor  # [N + 1] float64, times each item was recommended (0: padding, never)
+    # [U] float64 intra-list diversity (NaN below 2 recommendations); None: no item vectors.
+    diversity: Tensor | None
+    novelty: Tensor | None  # [U] float64 summed self-information (bits); None: no popularity
+    # [U] float64 recommendations in a majority category; None: the items have no categories.
+    dominated: Tensor | None
 
+    @property
+    def recommended(self) -> Tensor:
+        """[N + 1] bool, items recommended to anybody."""
+        return self.exposure > 0
+
+
+class ItemReference(NamedTuple):
+    """What the item-level metrics measure recommendations against, on the env's device (each
+    None where the env or the run has no such thing; see `item_reference`)."""
+
+    vectors: Tensor | None  # [N+1, D] item vectors (intra-list diversity)
+    information: Tensor | None  # [N+1] self-information -log2 p(i) in bits (novelty)
+    in_majority: Tensor | None  # [N+1] float64, 1 for items of a majority category, NaN: none
+
+
+def popularity_reference(env: EnvBase, training_popularity: Tensor | None
+                         ) -> tuple[Tensor | None, str]:
+    """Interaction counts per item ``[N+1]`` that novelty and the majority categories are
+    measured against, and where they come from, in words (``results.json``).
+
+    A simulator fitted on a log says how popular each item was in it (``env.logged_popularity``:
+    the training users' interactions on logged data, the logged ratings on Coat): that comes
+    first, as EasyRL4Rec measures against its training data, and it is the same for every
+    policy and every run. Synthetic users have no log: then the clicks the agent got while
+    training (``training_popularity``, the ``popular`` baseline's counts), else nothing.
+    """
+    logged = getattr(env, "logged_popularity", None)
+    if logged is not None:
+        return logged, "the simulator's log (env.logged_popularity)"
+    if training_popularity is not None:
+        return training_popularity, "the clicks the agent got while training"
+    return None, "none: no log, no training clicks (novelty not reported)"
+
+
+def item_reference(env: EnvBase, training_popularity: Tensor | None = None) -> ItemReference:
+    """The env's item vectors, the self-information of every item (`popularity_reference`) and
+    the items of its majority categories (`recrl.diversity.majority_categories`: by the
+    popularity reference's interactions, else by the catalogue's own share of each category)."""
+    device = env.device
+    vectors = getattr(env, "item_vectors", None)
+    categories = getattr(env, "item_categories", None)
+    popularity, _ = popularity_reference(env, training_popularity)
+    information = None if popularity is None else self_information(popularity.to(device))
+    in_majority = None
+    if categories is not None:
+        categories = categories.to(device)
+        weights = torch.ones(categories.shape, dtype=torch.float64, device=device)
+        if popularity is not None:
+            weights = popularity.to(device).double()
+        in_majority = majority_categories(categories, weights).double()
+        if weights[1:].sum() <= 0:  # no interaction yet (the first validation): undefined
+            in_majority = torch.full_like(in_majority, torch.nan)
+    return ItemReference(None if vectors is None else vectors.to(device), information,
+                         in_majority)
+
+
+#: The keys of `summarise` that say how recommendations spread over the catalogue, in the order
+#: tables print them, with their column headers; all but the first two are left out where the
+#: env cannot provide them (docs/evaluation.md).
+ITEM_METRICS = {"coverage": "coverage", "exposure_gini": "exposure Gini", "ild": "ILD",
+                "novelty": "novelty", "mcd": "MCD"}
 
 #: Steps between two checks whether every evaluation episode has ended. Each check reads a
 #: flag back from the device (a host synchronisation); users who have left are not counted
@@ -47,26 +119,40 @@ DONE_CHECK_EVERY = 16
 
 
 @torch.no_grad()
-def play_episodes(env: EnvBase, policy: Policy, max_steps: int = 10_000) -> Episodes:
+def play_episodes(env: EnvBase, policy: Policy, max_steps: int = 10_000,
+                  training_popularity: Tensor | None = None) -> Episodes:
     """Runs one episode per user in ``env`` (all users batched).
 
     Users whose episode has ended keep being stepped with the rest of the batch (the batch is
     stepped as one tensor), but nothing they do afterwards is counted. The totals stay on the
     environment's device until the end: a GPU evaluation synchronises with the host once every
-    `DONE_CHECK_EVERY` steps, not at every step.
+    `DONE_CHECK_EVERY` steps, not at every step. Besides the totals it keeps what the item-level
+    metrics need (`item_reference`; ``training_popularity``: see `popularity_reference`): item
+    exposure counts and running sums per user, and, where the env has item vectors, every
+    user's recommendations ([T, U] int64, 0 once the user has left) for intra-list diversity.
     """
     num_users, device = env.batch_size[0], env.device
-    returns = torch.zeros(num_users, dtype=torch.float64, device=device)
-    clicks = torch.zeros(num_users, dtype=torch.float64, device=device)
-    lengths = torch.zeros(num_users, dtype=torch.float64, device=device)
-    times_recommended = torch.zeros(env.num_items + 1, dtype=torch.float64, device=device)
+    reference = item_reference(env, training_popularity)
+    f64 = {"dtype": torch.float64, "device": device}
+    returns, clicks, lengths = (torch.zeros(num_users, **f64) for _ in range(3))
+    novelty = None if reference.information is None else torch.zeros(num_users, **f64)
+    dominated = None if reference.in_majority is None else torch.zeros(num_users, **f64)
+    actions: list[Tensor] | None = None if reference.vectors is None else []
+    times_recommended = torch.zeros(env.num_items + 1, **f64)
     alive = torch.ones(num_users, dtype=torch.bool, device=device)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         td = env.reset()
         for step in range(max_steps):
             td = env.step(policy(td))
+            action = td["action"]
             counted = alive.double()
-            times_recommended.index_add_(0, td["action"], counted)
+            times_recommended.index_add_(0, action, counted)
+            if novelty is not None:
+                novelty += reference.information[action] * counted
+            if dominated is not None:
+                dominated += reference.in_majority[action] * counted
+            if actions is not None:
+                actions.append(action.where(alive, 0))
             nxt = td["next"]
             returns += nxt["reward"].squeeze(-1).double() * counted
             clicks += nxt["click"].double() * counted
@@ -80,17 +166,32 @@ def play_episodes(env: EnvBase, policy: Policy, max_steps: int = 10_000) -> Epis
             f"{int(alive.sum())} evaluation episodes did not end within {max_steps} steps; "
             "raise evaluation.max_steps or give the environment a max_episode_steps"
         )
-    return Episodes(returns.cpu(), clicks.cpu(), lengths.cpu(), (times_recommended > 0).cpu())
+    diversity = (None if actions is None
+                 else episode_diversity(torch.stack(actions, dim=1), reference.vectors))
+    return Episodes(*(None if t is None else t.cpu() for t in (
+        returns, clicks, lengths, times_recommended, diversity, novelty, dominated)))
 
 
 def summarise(episodes: Episodes) -> dict[str, float]:
     """Mean return, clicks per episode and episode length with 95% CIs over users, the
-    click-through rate (clicks / recommendations), and catalogue coverage (share of items
-    recommended at least once to anybody)."""
+    click-through rate (clicks / recommendations), and how the recommendations spread over the
+    catalogue (docs/evaluation.md defines each):
+
+    - ``coverage``: share of items recommended at least once to anybody;
+    - ``exposure_gini``: Gini coefficient of the items' recommendation counts;
+    - ``ild``: intra-list diversity, the mean over episodes (of two items or more) of the mean
+      dissimilarity of an episode's pairs of recommendations;
+    - ``novelty``: the mean over episodes of the mean self-information (bits) of an episode's
+      recommendations;
+    - ``mcd``: majority-category domination, the share of all recommendations that fall in the
+      majority categories.
+
+    The last three are left out where `Episodes` has no input for them.
+    """
     return_mean, return_ci95 = mean_ci95(episodes.returns)
     clicks_mean, clicks_ci95 = mean_ci95(episodes.clicks)
     length_mean, length_ci95 = mean_ci95(episodes.lengths)
-    return {
+    metrics = {
         "return_mean": return_mean,
         "return_ci95": return_ci95,
         "clicks_mean": clicks_mean,
@@ -99,13 +200,22 @@ def summarise(episodes: Episodes) -> dict[str, float]:
         "episode_length": length_mean,
         "episode_length_ci95": length_ci95,
         "coverage": episodes.recommended[1:].double().mean().item(),
-        "num_users": episodes.returns.numel(),
+        "exposure_gini": gini(episodes.exposure[1:]),
     }
+    if episodes.diversity is not None:
+        metrics["ild"] = episodes.diversity.nanmean().item()
+    if episodes.novelty is not None:
+        metrics["novelty"] = (episodes.novelty / episodes.lengths).mean().item()
+    if episodes.dominated is not None:
+        metrics["mcd"] = (episodes.dominated.sum() / episodes.lengths.sum()).item()
+    metrics["num_users"] = episodes.returns.numel()
+    return metrics
 
 
-def evaluate_policy(env: EnvBase, policy: Policy, max_steps: int = 10_000) -> dict[str, float]:
+def evaluate_policy(env: EnvBase, policy: Policy, max_steps: int = 10_000,
+                    training_popularity: Tensor | None = None) -> dict[str, float]:
     """One episode per user in ``env`` under ``policy``, summarised (`summarise`)."""
-    return summarise(play_episodes(env, policy, max_steps))
+    return summarise(play_episodes(env, policy, max_steps, training_popularity))
 
 
 # -- evaluation under DDP --------------------------------------------------------------------------
@@ -134,8 +244,11 @@ def play_users(
     num_users: int,
     seed: int,
     max_steps: int,
+    training_popularity: Tensor | None = None,
 ) -> Episodes:
-    """One episode for each of the ``num_users`` users of ``make_env(num_users, seed)``.
+    """One episode for each of the ``num_users`` users of ``make_env(num_users, seed)``
+    (``training_popularity``: what novelty measures against without a log, see
+    `popularity_reference`).
 
     Two policies played with the same arguments meet the same users in the same order (what
     `paired_gap` relies on). Under DDP, process 0 plays them all and sends the episodes to the
@@ -148,9 +261,10 @@ def play_users(
     episodes = None
     if rank == 0:
         env = make_env(num_users, seed)
-        episodes = play_episodes(env, policy_for_env(env), max_steps)
+        episodes = play_episodes(env, policy_for_env(env), max_steps, training_popularity)
     if world_size > 1:
-        box = [None if episodes is None else tuple(t.cpu() for t in episodes)]
+        box = [None if episodes is None
+               else tuple(None if t is None else t.cpu() for t in episodes)]
         dist.broadcast_object_list(box, src=0, group=_broadcast_group())
         episodes = Episodes(*box[0])
     return episodes

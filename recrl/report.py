@@ -145,6 +145,20 @@ def fmt(mean: float, ci: float, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {ci:.{digits}f}"
 
 
+#: recrl.evaluation.ITEM_METRICS, keys and column headers (not imported from there: the
+#: report reads JSON and needs no torch; tests/test_diversity.py checks the two agree).
+ITEM_METRICS = {"coverage": "coverage", "exposure_gini": "exposure Gini", "ild": "ILD",
+                "novelty": "novelty", "mcd": "MCD"}
+
+
+def item_metric_cell(stats: list[dict[str, Any]], key: str) -> str:
+    """An item metric over seeds (3 decimals), or "—" unless every seed has a number for it."""
+    values = [s.get(key) for s in stats]
+    if any(v is None or math.isnan(v) for v in values):
+        return "—"
+    return fmt(*mean_ci95(values), digits=3)
+
+
 def policies_of(jobs: list[Job]) -> list[str]:
     """agent, then every baseline any complete job evaluated, in first-seen order."""
     names = ["agent"]
@@ -187,7 +201,9 @@ def markdown_report(sweep_dir: Path, jobs: list[Job], common: list[str]) -> str:
         lines += ["", f"Evaluation: {protocol}."]
     lines += ["", "Return: mean over seeds ± half-width of its 95% confidence interval (Student "
               "t, seeds − 1 degrees of freedom; no ± with one seed). Each seed's own value is "
-              "the mean over the evaluation's held-out users.", ""]
+              "the mean over the evaluation's held-out users. Coverage, exposure Gini, ILD, "
+              "novelty and MCD (docs/evaluation.md) likewise over seeds; — where the env "
+              "cannot provide one (or a job's results.json predates it).", ""]
 
     lines += ["## Summary", "", "| configuration | seeds | " + " | ".join(policies) + " |",
               "|---|---|" + "---:|" * len(policies)]
@@ -205,8 +221,9 @@ def markdown_report(sweep_dir: Path, jobs: list[Job], common: list[str]) -> str:
         if not done:
             lines.append("No complete job.")
         else:
-            lines += ["| policy | return | clicks | CTR | episode length | return per seed |",
-                      "|---|---:|---:|---:|---:|---|"]
+            lines += ["| policy | return | clicks | CTR | episode length | "
+                      + " | ".join(ITEM_METRICS.values()) + " | return per seed |",
+                      "|---|---:|---:|---:|---:|" + "---:|" * len(ITEM_METRICS) + "---|"]
             for policy in policies:
                 pairs = returns(done, policy)
                 if not pairs:
@@ -217,7 +234,9 @@ def markdown_report(sweep_dir: Path, jobs: list[Job], common: list[str]) -> str:
                     f"| {policy} | {fmt(*mean_ci95([v for _, v in pairs]))} "
                     f"| {fmt(*mean_ci95([s['clicks_mean'] for s in stats]))} "
                     f"| {fmt(*mean_ci95([s['ctr'] for s in stats]), digits=3)} "
-                    f"| {fmt(*mean_ci95([s['episode_length'] for s in stats]))} | {per_seed} |"
+                    f"| {fmt(*mean_ci95([s['episode_length'] for s in stats]))} | "
+                    + "".join(f"{item_metric_cell(stats, key)} | " for key in ITEM_METRICS)
+                    + f"{per_seed} |"
                 )
             frames = [j.results.get("frames") for j in done if j.results.get("frames") is not None]
             if frames:

@@ -9,6 +9,7 @@ are first chosen by validation (``evaluation.select``), never by the test users.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,7 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from recrl.baselines import MostPopularRecommender, MyopicOracle, RandomRecommender
 from recrl.callbacks import EveryNSteps, PeriodicEvaluation, RankingValidation
 from recrl.data import Sequences
-from recrl.evaluation import Episodes, paired_gap, play_users, summarise
+from recrl.evaluation import (
+    ITEM_METRICS, Episodes, paired_gap, play_users, popularity_reference, summarise,
+)
 from recrl.plotting import plot_evaluation_curve
 from recrl.ranking import describe_protocol, evaluate_ranking, log_popularity, most_popular_scorer
 from recrl.run_folder import (
@@ -177,17 +180,23 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
     agent beats this baseline" that the two separate return intervals are too wide for.
     """
     num_users, seed = cfg.evaluation.final_num_users, cfg.evaluation.seed
+    test_env = module.make_env(1, seed=seed, split="test")
+    # One popularity for every policy's novelty: the whole training's clicks, taken before
+    # evaluation.select=best rolls them back to the selected step (where the env has no log).
+    clicks = module.training_popularity()
+    clicks = None if clicks is None else clicks.detach().to("cpu", copy=True)
 
     def play(policy_for_env) -> tuple[Episodes, dict[str, Any]]:
         # Under DDP process 0 plays the users and sends the episodes on (call on every process).
         episodes = play_users(
             lambda n, s: module.make_env(n, seed=s, split="test"), policy_for_env,
             num_users=num_users, seed=seed, max_steps=cfg.evaluation.max_steps,
+            training_popularity=clicks,
         )
         return episodes, summarise(episodes)
 
     module.eval()
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"popularity_reference": popularity_reference(test_env, clicks)[1]}
     returns: dict[str, list[float]] = {}
     if cfg.evaluation.select == "best":
         last_episodes, results["agent_last"] = play(lambda env: module.greedy_policy)
@@ -204,7 +213,7 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
     if sequences is not None:
         counts = log_popularity(sequences, users=~sequences.heldout_users)
         played["popular_log"] = play(lambda env: MostPopularRecommender(counts))
-    if module.make_env(1, seed=seed, split="test").has_expected_reward:  # only simulators with hidden state
+    if test_env.has_expected_reward:  # only simulators with hidden state
         played["oracle_myopic"] = play(MyopicOracle)
     baselines = {}
     for name, (episodes, summary) in played.items():
@@ -230,13 +239,16 @@ def evaluation_population(cfg: DictConfig) -> dict[str, Any]:
 
 def format_results_table(results: dict[str, Any]) -> str:
     """A plain-text table of the agent next to the baselines; ``agent - this`` is the paired
-    per-user gap of the agent's return over each baseline's."""
+    per-user gap of the agent's return over each baseline's. Under it, how each policy's
+    recommendations spread over the catalogue (`recrl.evaluation.summarise`), "—" for a metric
+    this env cannot provide (no item vectors, no categories, no popularity) or that is undefined
+    (NaN)."""
     rows = [("agent", results["agent"])]
     if "agent_last" in results:
         rows.append(("agent (last)", results["agent_last"]))
     rows += results["baselines"].items()
     lines = [
-        f"{'policy':<14}{'return':>18}{'clicks':>16}{'CTR':>8}{'length':>16}{'coverage':>10}"
+        f"{'policy':<14}{'return':>18}{'clicks':>16}{'CTR':>8}{'length':>16}"
         f"{'agent - this':>18}",
     ]
     for name, m in rows:
@@ -246,11 +258,23 @@ def format_results_table(results: dict[str, Any]) -> str:
             f"{m['clicks_mean']:>8.1f} ± {m['clicks_ci95']:<5.1f}"
             f"{m['ctr']:>8.3f}"
             f"{m['episode_length']:>8.1f} ± {m['episode_length_ci95']:<5.1f}"
-            f"{m['coverage']:>10.3f}"
             + (f"{m['agent_gap_mean']:>+10.1f} ± {m['agent_gap_ci95']:<5.1f}"
                if "agent_gap_mean" in m else "")
         )
+    widths = {key: max(len(header), 6) + 2 for key, header in ITEM_METRICS.items()}
+    lines += ["", f"{'policy':<14}" + "".join(f"{header:>{widths[key]}}"
+                                              for key, header in ITEM_METRICS.items())]
+    for name, m in rows:
+        lines.append(f"{name:<14}" + "".join(f"{item_metric_cell(m.get(key)):>{widths[key]}}"
+                                             for key in ITEM_METRICS))
     return "\n".join(lines)
+
+
+def item_metric_cell(value: float | None) -> str:
+    """An item metric for the table: 3 decimals, "—" when absent or NaN."""
+    if value is None or math.isnan(value):
+        return "—"
+    return f"{value:.3f}"
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
 from recrl.callbacks import EveryNSteps
+from recrl.evaluation import ITEM_METRICS
 from recrl.sweeps import LOCAL_MODES, override_key, sweep_group
 
 #: The ``_target_`` of conf/logger/wandb.yaml: built here, with the run's config and identity.
@@ -228,8 +229,10 @@ def flatten(results: dict[str, Any], prefix: str = "final") -> dict[str, float]:
     return flat
 
 
-RESULT_COLUMNS = ["return_mean", "return_ci95", "clicks_mean", "ctr", "episode_length", "coverage",
-                  "agent_gap_mean", "agent_gap_ci95"]  # the gap: baselines only (None for agents)
+#: The W&B results table's columns: a policy's key missing from results.json (the gap for agents,
+#: an item metric the env cannot provide: recrl.evaluation.ITEM_METRICS) is None there.
+RESULT_COLUMNS = ["return_mean", "return_ci95", "clicks_mean", "ctr", "episode_length",
+                  *ITEM_METRICS, "agent_gap_mean", "agent_gap_ci95"]
 
 
 def log_final_results(loggers: list[Logger], results: dict[str, Any], plot_path: Path) -> None:

@@ -89,8 +89,9 @@ class UserResponseModel(abc.ABC):
     def item_categories(self) -> Tensor | None:
         """One category id per item, [N+1] int64 (0 at padding, categories from 1), or None.
 
-        Majority-category domination (the share of a session taken by its most shown category)
-        needs it; catalogues without categories return None.
+        Majority-category domination (MCD: the share of recommendations that fall in the
+        categories holding most of the log's interactions, `recrl.diversity`) needs it;
+        catalogues without categories return None.
         """
         return None
 

@@ -145,6 +145,20 @@ class InterestEvolutionUsers(UserResponseModel):
         features[0] = 0.0
         return features
 
+    def item_vectors(self) -> Tensor:
+        """One-hot topic of each item, [N+1, K] (zeros at padding), whether or not the agent
+        observes topics: to these users two items differ only by their topic (quality aside),
+        so two items of one topic are at distance 0 and of two topics at sqrt(2)."""
+        vectors = torch.nn.functional.one_hot(self.item_cluster, self.num_topics).float()
+        vectors[0] = 0.0
+        return vectors
+
+    def item_categories(self) -> Tensor:
+        """Topic cluster + 1 of each item, [N+1] int64 (0 at padding)."""
+        categories = self.item_cluster + 1
+        categories[0] = 0
+        return categories
+
     def expected_watch_time(self) -> Tensor:
         p = self._click_probability(self.interest[:, self.item_cluster])  # [B, N+1]
         return p * self.budget.clamp(0.0, self.item_length)[:, None]

@@ -41,6 +41,7 @@ from recrl.data.formats import normalise_options, resolve_source
 from recrl.data.preprocess import source_fingerprint
 from recrl.envs.base import RecEnv, UserResponse, UserResponseModel, check_param
 from recrl.observation import CLICKED, MAX_RATING, PADDING
+from recrl.ranking import log_popularity
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,15 @@ class LoggedUsers(UserResponseModel):
         items = torch.where(valid, sequences.items[source], 0)
         times = torch.where(valid, watch[source], 0.0)
         return items, times
+
+    def item_vectors(self) -> Tensor:
+        """The taste model's item factors, [N+1, D] with a zero padding row: the space in which
+        these users' boredom rule measures sameness, so intra-list diversity measures in it
+        too. No categories (`item_categories` stays None): MovieLens items have several genres
+        each, and other logs none."""
+        vectors = self.taste.item_vectors.clone()
+        vectors[0] = 0.0  # never fitted on an interaction: only weight decay moved it
+        return vectors
 
     def start_history(self, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The history the reset users start with: their real first items, clicked."""
@@ -469,3 +479,10 @@ class LoggedEnv(RecEnv):
         #: has no item metadata: the input of the encoder's item-text embeddings
         #: (``encoder=bert_text``, recrl/encoders/text.py). Public, as a catalogue is.
         self.item_texts: list[str] | None = sequences.item_texts
+
+    @property
+    def logged_popularity(self) -> Tensor:
+        """Interactions of each item by the log's training users, [N+1] float32 (0 at padding):
+        the popularity novelty and the majority categories are measured against
+        (`recrl.evaluation.popularity_reference`), the ``popular_log`` baseline's counts."""
+        return log_popularity(self.sequences, users=~self.sequences.heldout_users)
