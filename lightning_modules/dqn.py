@@ -93,6 +93,7 @@ class DQNModule(OnlineRLModule):
         eps_init: float = 1.0,
         eps_end: float = 0.2,
         eps_annealing_frames: int = 20_000,
+        repeat_bias: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -112,7 +113,7 @@ class DQNModule(OnlineRLModule):
                 f"frames_per_batch / num_envs = {frames_per_batch // num_envs}"
             )
         action_spec = self.make_env(1, seed=seed).action_spec_unbatched
-        self.q_network = HistoryScorer(encoder, state_value=dueling)
+        self.q_network = HistoryScorer(encoder, state_value=dueling, repeat_bias=repeat_bias)
         if self.q_network.scorer.from_pretrained:
             # A pretrained head (encoder.init_from) scores in its own units: a rating of the next
             # item, a next-item logit. Q-values are returns in units of reward_scale, and what

@@ -32,7 +32,7 @@ from torchrl.objectives.value import GAE
 from lightning_modules.online import OnlineRLModule
 from lightning_modules.policy import EnvFactory
 from recrl.torchrl_state import td_from_state, td_to_state
-from recrl.encoders import HistoryEncoderBase, ItemScorer
+from recrl.encoders import HistoryEncoderBase, ItemScorer, RepeatBias, ScoreWithHistory
 from recrl.observation import HISTORY_KEYS
 
 #: When advantages are computed from the current value head.
@@ -69,6 +69,7 @@ class PPOModule(OnlineRLModule):
         anneal_lr: bool = True,
         weight_decay: float = 0.0,
         max_grad_norm: float = 0.5,
+        repeat_bias: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -90,7 +91,11 @@ class PPOModule(OnlineRLModule):
         action_spec = self.make_env(1, seed=seed).action_spec_unbatched
         self.state_encoder = TensorDictModule(encoder, in_keys=HISTORY_KEYS, out_keys=["state"])
         self.policy_head = ProbabilisticActor(
-            TensorDictModule(ItemScorer(encoder), in_keys=["state"], out_keys=["logits"]),
+            (TensorDictModule(ScoreWithHistory(ItemScorer(encoder),
+                                               RepeatBias(encoder.history_length)),
+                              in_keys=["state", "history"], out_keys=["logits"])
+             if repeat_bias else
+             TensorDictModule(ItemScorer(encoder), in_keys=["state"], out_keys=["logits"])),
             in_keys={"logits": "logits", "mask": "action_mask"},
             distribution_class=MaskedCategorical,
             spec=action_spec,

@@ -310,3 +310,43 @@ def test_gru_trains_through_the_entry_point(tmp_path: Path, algo: str) -> None:
     assert math.isfinite(results["agent"]["return_mean"])
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert "encoder.gru.weight_hh_l0" in saved["state_dict"]  # the GRU is what was trained
+
+
+def test_repeat_bias_offsets_exactly_the_items_in_the_window() -> None:
+    """Offsets by position, summed for an item shown twice; zero offsets change nothing."""
+    from recrl.encoders import RepeatBias
+
+    bias = RepeatBias(history_length=3)
+    scores = torch.zeros(2, 6)
+    history = torch.tensor([[0, 2, 5], [4, 4, 1]])  # user 2 saw item 4 twice
+    assert torch.equal(bias(scores, history), scores)  # a new module scores as before
+    with torch.no_grad():
+        bias.weight.copy_(torch.tensor([-1.0, -2.0, -4.0]))
+    out = bias(scores, history)
+    # User 1: item 2 at position 1 (-2), item 5 at position 2 (-4); padding id 0 gets -1.
+    assert out[0].tolist() == [-1.0, 0.0, -2.0, 0.0, 0.0, -4.0]
+    # User 2: item 4 at positions 0 and 1 (-1 - 2), item 1 at position 2 (-4).
+    assert out[1].tolist() == [0.0, -4.0, 0.0, 0.0, -3.0, 0.0]
+    nested = bias(torch.zeros(1, 2, 6), history[None])
+    assert torch.equal(nested[0], out)
+
+
+def test_history_scorer_with_repeat_bias_learns_to_avoid_window_items() -> None:
+    """A few gradient steps on "items in the window score low" move the offsets, not the state."""
+    torch.manual_seed(0)
+    encoder = HistoryEncoder(N_ITEMS, L, **BERT_SHAPE)
+    scorer = HistoryScorer(encoder, repeat_bias=True)
+    history, response, watch_time = make_inputs(32)
+    in_window = torch.zeros(32, N_ITEMS + 1).scatter(1, history, 1.0)
+    optimizer = torch.optim.Adam([scorer.repeat_bias.weight], lr=0.5)
+    for _ in range(20):
+        scores = scorer(history, response, watch_time)
+        loss = (scores * in_window).mean() - (scores * (1 - in_window)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    scores = scorer(history, response, watch_time)
+    assert (scores.gather(1, history).max(dim=1).values
+            < scores.masked_fill(in_window.bool(), float("-inf"))[:, 1:].max(dim=1).values).all()
+    assert "repeat_bias.weight" in scorer.state_dict()
+    assert "repeat_bias.weight" not in HistoryScorer(encoder).state_dict()

@@ -9,6 +9,7 @@ any of them.
 
 from recrl.encoders.base import HistoryEncoderBase
 from recrl.encoders.bert import HistoryEncoder
-from recrl.encoders.scorer import HistoryScorer, ItemScorer
+from recrl.encoders.scorer import HistoryScorer, ItemScorer, RepeatBias, ScoreWithHistory
 
-__all__ = ["HistoryEncoder", "HistoryEncoderBase", "HistoryScorer", "ItemScorer"]
+__all__ = ["HistoryEncoder", "HistoryEncoderBase", "HistoryScorer", "ItemScorer", "RepeatBias",
+           "ScoreWithHistory"]

@@ -66,23 +66,62 @@ class ItemScorer(nn.Module):
         return (self.query(state) * item_vectors).sum(-1) + self.biases()[items]
 
 
+class RepeatBias(nn.Module):
+    """A learnt score offset for every item still in the visible history, one per position.
+
+    Where showing an item again matters (a user who leaves on repeats, a shop where people buy
+    again), the policy needs ``score(s, a)`` to depend on whether ``a`` is in the window. A
+    state vector can only express that through ``<W s, e_a>`` for every window item at once,
+    which 300-plus items in a 64-dim space make slow to learn; ``L`` scalars (starting at 0, so
+    a new module scores exactly as before) make it one step of gradient away. An item twice in
+    the window gets both offsets.
+    """
+
+    def __init__(self, history_length: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(history_length))
+
+    def forward(self, scores: Tensor, history: Tensor) -> Tensor:
+        """``scores`` ``[..., N+1]`` plus the offsets of ``history`` ``[..., L]``'s items."""
+        offsets = self.weight.expand_as(history).to(scores.dtype)
+        return scores.scatter_add(-1, history, offsets)
+
+
+class ScoreWithHistory(nn.Module):
+    """``ItemScorer`` plus `RepeatBias`: scores from a state and the history it came from."""
+
+    def __init__(self, scorer: ItemScorer, repeat_bias: RepeatBias) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.repeat_bias = repeat_bias
+
+    def forward(self, state: Tensor, history: Tensor) -> Tensor:
+        return self.repeat_bias(self.scorer(state), history)
+
+
 class HistoryScorer(nn.Module):
     """Encoder + scorer: the whole map from an observed history to one score per item.
 
     With ``state_value`` the scores are ``V(s) + score(s, a)`` (a dueling architecture, Wang et
     al. 2016): how good the user's state is, which varies a lot, is learnt by one head, and the
     item scores only have to learn how items differ, which is what decides the action.
+
+    With ``repeat_bias`` the scores of items in the window get `RepeatBias`'s learnt offsets.
     """
 
-    def __init__(self, encoder: HistoryEncoderBase, state_value: bool = False) -> None:
+    def __init__(self, encoder: HistoryEncoderBase, state_value: bool = False,
+                 repeat_bias: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.scorer = ItemScorer(encoder)
         self.state_value = nn.Linear(encoder.hidden_size, 1) if state_value else None
+        self.repeat_bias = RepeatBias(encoder.history_length) if repeat_bias else None
 
     def forward(self, history: Tensor, response: Tensor, watch_time: Tensor) -> Tensor:
         state = self.encoder(history, response, watch_time)  # [..., H]
         scores = self.scorer(state)  # [..., N+1]
+        if self.repeat_bias is not None:
+            scores = self.repeat_bias(scores, history)
         if self.state_value is not None:
             scores = scores + self.state_value(state)
         return scores
