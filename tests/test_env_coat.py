@@ -134,7 +134,7 @@ def test_training_users_meet_the_learnt_world_and_test_users_the_true_one(tmp_pa
     # Predictions stay in the logged ratings' range (3-5), so the learnt world is not the true one.
     assert world.learnt_ratings.min() >= 3 and world.learnt_ratings.max() <= 5
     assert not torch.equal(world.learnt_ratings, torch.tensor(TRUE, dtype=torch.float32))
-    true_train = CoatEnv(4, path=str(folder), user_split="train", train_reward="true")
+    true_train = CoatEnv(4, path=str(folder), user_split="train", train_reward="truth")
     assert torch.equal(true_train.users.rewards[:, 1:], torch.tensor(TRUE, dtype=torch.float32))
     # The quit rule is the true world's in both.
     assert torch.equal(train.users.distance, test.users.distance)
@@ -256,3 +256,18 @@ def test_the_log_replays_as_transitions_under_the_true_quit_rule(tmp_path: Path)
     # The second transition of a session sees the first one's item and its rating.
     assert t["history"][1, -1].item() == 1 and t["history_watch_time"][1, -1].item() == 5.0
     assert torch.equal(t["next", "history"][0], t["history"][1])
+
+
+def test_the_ceiling_bench_builds_quit_free_greedy_lists_by_hand() -> None:
+    """bench/coat_ceiling.py on the hand-made world (threshold 2, window 2, 3 turns).
+    User 0 (5, 1, 3, 2): item 1 (5), item 3 (3), item 4 (2) = 10. User 1 (1, 5, 2, 4): item 2 (5);
+    item 4 is within 1.414 of item 2, so item 3 (2); then item 1 (1) = 8."""
+    from tests.conftest import load_bench
+
+    bench = load_bench("coat_ceiling")
+    truth = torch.tensor(TRUE, dtype=torch.float32)
+    picks = bench.greedy_lists(truth, quit_distances(truth), threshold=2.0, window=2, turns=3)
+    assert picks.tolist() == [[0, 2, 3], [1, 2, 0]]
+    assert bench.true_return(truth, picks).tolist() == [10.0, 8.0]
+    same = bench.greedy_lists(truth.mean(0, keepdim=True), quit_distances(truth), 2.0, 2, 3)
+    assert bench.true_return(truth, same).shape == (2,)

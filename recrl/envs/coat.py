@@ -15,7 +15,7 @@ The protocol, as EasyRL4Rec's code defines it (``src/core/envs/BaseEnv.py``, ``C
   on the logged (self-selected, missing-not-at-random) ratings, with the true quit rule, and
   tests them in the true world. recrl fits inverse-propensity-weighted matrix factorisation on
   the same ratings (``train_reward: learnt``; Coat ships the exposure propensities), or trains in
-  the true world itself (``train_reward: true``, a privileged upper reference). Validation users
+  the true world itself (``train_reward: truth``, a privileged upper reference). Validation users
   are answered by the training world, so choosing weights never looks at the test world; test
   users by the true matrix.
 
@@ -44,8 +44,8 @@ __all__ = ["CoatEnv", "RatingMatrixUsers", "RatingWorld", "TRAIN_REWARDS", "fit_
            "load_coat_world", "quit_distances"]
 
 #: The world that answers training (and validation) users: ``learnt`` (a rating model fitted on
-#: the logged ratings, EasyRL4Rec's protocol) or ``true`` (the test world's own matrix).
-TRAIN_REWARDS = ("learnt", "true")
+#: the logged ratings, EasyRL4Rec's protocol) or ``truth`` (the test world's own matrix).
+TRAIN_REWARDS = ("learnt", "truth")
 USER_SPLITS = ("train", "validation", "test")
 
 #: Coat's files (Schnabel et al. 2016) and RL4Rec's pseudo-ground-truth matrix, by name.
@@ -289,7 +289,7 @@ class CoatEnv(RecEnv):
         check_param("env.leave_threshold", leave_threshold, 0.0)
         world = load_coat_world(str(path), fit_dim, fit_weight_decay, fit_epochs, ips,
                                 category_feature)
-        true_world = user_split == "test" or train_reward == "true"
+        true_world = user_split == "test" or train_reward == "truth"
         users = RatingMatrixUsers(
             num_users, world.true_ratings if true_world else world.learnt_ratings,
             world.distance, history_length=history_length, leave_threshold=leave_threshold,
