@@ -40,7 +40,7 @@ from recrl.observation import CLICKED, PADDING, SHOWN
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CoatEnv", "RatingMatrixUsers", "RatingWorld", "TRAIN_REWARDS", "fit_rating_model",
+__all__ = ["CoatEnv", "RatingMatrixEnv", "RatingMatrixUsers", "RatingWorld", "TRAIN_REWARDS", "fit_rating_model",
            "load_coat_world", "quit_distances"]
 
 #: The world that answers training (and validation) users: ``learnt`` (a rating model fitted on
@@ -80,18 +80,24 @@ class RatingWorld:
 def quit_distances(true_ratings: Tensor) -> Tensor:
     """Euclidean distance between every two item columns of the reward matrix, [N, N].
 
-    EasyRL4Rec computes it on the *true* matrix for the training and the test world alike."""
-    columns = true_ratings.T.double()
-    return torch.cdist(columns, columns).float()
+    EasyRL4Rec computes it on the *true* matrix for the training and the test world alike. In
+    float64 for small worlds (Coat: exact), float32 for large ones (ML-1M's 3,706 x 6,040: the
+    difference is far below any threshold); the diagonal is exactly 0 (a repeat always quits)."""
+    dtype = torch.float64 if true_ratings.numel() <= 1_000_000 else torch.float32
+    columns = true_ratings.T.to(dtype)
+    distance = torch.cdist(columns, columns).float()
+    return distance.fill_diagonal_(0.0)
 
 
 def fit_rating_model(ratings: Tensor, propensities: Tensor | None, *, dim: int = 16,
                      weight_decay: float = 0.3, epochs: int = 300, lr: float = 0.02,
+                     biases: bool = True, clip: tuple[float, float] | None = None,
                      seed: int = 0) -> Tensor:
-    """Matrix factorisation ``mu + b_u + b_i + <p_u, q_i>`` of the observed entries of
-    ``ratings`` ([U, N], 0 = unobserved), each weighted by ``1 / propensity`` when propensities
-    are given (IPS: the self-selected ratings over-represent what users chose to rate). Full-batch
-    Adam (seconds for Coat). Returns the completed matrix clipped to the observed rating range."""
+    """Matrix factorisation ``mu + b_u + b_i + <p_u, q_i>`` (``biases=False``: ``<p_u, q_i>``
+    alone) of the observed entries of ``ratings`` ([U, N], 0 = unobserved), each weighted by
+    ``1 / propensity`` when propensities are given (IPS: the self-selected ratings over-represent
+    what users chose to rate). Full-batch Adam (seconds for Coat, ~a minute for ML-1M). Returns
+    the completed matrix clipped to ``clip`` (default: the observed rating range)."""
     users, items = ratings.nonzero(as_tuple=True)
     target = ratings[users, items]
     weight = torch.ones_like(target)
@@ -105,7 +111,11 @@ def fit_rating_model(ratings: Tensor, propensities: Tensor | None, *, dim: int =
     user_bias = torch.zeros(num_users, requires_grad=True)
     item_bias = torch.zeros(num_items, requires_grad=True)
     global_bias = torch.tensor(target.mean().item(), requires_grad=True)
-    params = [user_vectors, item_vectors, user_bias, item_bias, global_bias]
+    params = [user_vectors, item_vectors]
+    if biases:
+        params += [user_bias, item_bias, global_bias]
+    else:
+        global_bias.data.zero_()
     optimizer = torch.optim.Adam(params, lr=lr)
     for _ in range(epochs):
         score = ((user_vectors[users] * item_vectors[items]).sum(-1) + user_bias[users]
@@ -118,7 +128,8 @@ def fit_rating_model(ratings: Tensor, propensities: Tensor | None, *, dim: int =
         optimizer.step()
     with torch.no_grad():
         full = user_vectors @ item_vectors.T + user_bias[:, None] + item_bias[None, :] + global_bias
-        return full.clamp(target.min().item(), target.max().item())
+        low, high = clip if clip is not None else (target.min().item(), target.max().item())
+        return full.clamp(low, high)
 
 
 def _read_matrix(path: Path, what: str, shape: tuple[int, int] | None = None) -> Tensor:
@@ -260,8 +271,9 @@ class RatingMatrixUsers(UserResponseModel):
         return {"user": self.user, "start_item": self.start_item, "recent": self.recent}
 
 
-class CoatEnv(RecEnv):
-    """EasyRL4Rec's Coat environment (module docstring), ``batch_size = [num_users]``.
+class RatingMatrixEnv(RecEnv):
+    """EasyRL4Rec's rating-matrix protocol over a `RatingWorld` (module docstring),
+    ``batch_size = [num_users]``.
 
     ``user_split`` "train" and "validation" users are answered by the training world
     (``train_reward``), "test" users by the true matrix. By default nothing is masked: repeats
@@ -273,22 +285,14 @@ class CoatEnv(RecEnv):
 
     users: RatingMatrixUsers
 
-    def __init__(self, num_users: int, *, path: str, seed: int | None = None,
+    def __init__(self, num_users: int, world: RatingWorld, *, seed: int | None = None,
                  device: torch.device | str = "cpu", user_split: str = "train",
                  train_reward: str = "learnt", history_length: int = 10,
                  leave_threshold: float = 6.0, leave_window: int = 7,
                  max_episode_steps: int = 30, click_rating: float = 4.0,
-                 mask_history: bool = False, ips: bool = True,
-                 fit_dim: int = 16, fit_weight_decay: float = 0.3, fit_epochs: int = 300,
-                 category_feature: str | None = "jackettype") -> None:
-        if user_split not in USER_SPLITS:
-            raise ValueError(f"user_split must be one of {USER_SPLITS}, got {user_split!r}")
-        if train_reward not in TRAIN_REWARDS:
-            raise ValueError(f"env.train_reward must be one of {TRAIN_REWARDS}, got "
-                             f"{train_reward!r}")
+                 mask_history: bool = False) -> None:
+        check_choices(user_split=user_split, train_reward=train_reward)
         check_param("env.leave_threshold", leave_threshold, 0.0)
-        world = load_coat_world(str(path), fit_dim, fit_weight_decay, fit_epochs, ips,
-                                category_feature)
         true_world = user_split == "test" or train_reward == "truth"
         users = RatingMatrixUsers(
             num_users, world.true_ratings if true_world else world.learnt_ratings,
@@ -350,3 +354,26 @@ class CoatEnv(RecEnv):
             steps.append(out)
         rollout = torch.stack(steps, dim=1)  # [U, longest]
         return rollout[valid]
+
+
+def check_choices(user_split: str, train_reward: str) -> None:
+    """One clear error for an unknown split or training world (before any data is read)."""
+    if user_split not in USER_SPLITS:
+        raise ValueError(f"user_split must be one of {USER_SPLITS}, got {user_split!r}")
+    if train_reward not in TRAIN_REWARDS:
+        raise ValueError(f"env.train_reward must be one of {TRAIN_REWARDS}, got {train_reward!r}")
+
+
+class CoatEnv(RatingMatrixEnv):
+    """EasyRL4Rec's Coat environment: `RatingMatrixEnv` over `load_coat_world` (conf/env/coat.yaml
+    documents every argument)."""
+
+    def __init__(self, num_users: int, *, path: str, ips: bool = True, fit_dim: int = 16,
+                 fit_weight_decay: float = 0.3, fit_epochs: int = 300,
+                 category_feature: str | None = "jackettype", user_split: str = "train",
+                 train_reward: str = "learnt", **protocol) -> None:
+        check_choices(user_split, train_reward)
+        world = load_coat_world(str(path), fit_dim, fit_weight_decay, fit_epochs, ips,
+                                category_feature)
+        super().__init__(num_users, world, user_split=user_split, train_reward=train_reward,
+                         **protocol)
