@@ -271,3 +271,25 @@ def test_the_ceiling_bench_builds_quit_free_greedy_lists_by_hand() -> None:
     assert bench.true_return(truth, picks).tolist() == [10.0, 8.0]
     same = bench.greedy_lists(truth.mean(0, keepdim=True), quit_distances(truth), 2.0, 2, 3)
     assert bench.true_return(truth, same).shape == (2,)
+
+
+def test_the_easyrl4rec_table_puts_seed_means_beside_the_published_rows(tmp_path: Path,
+                                                                       capsys) -> None:
+    """Three seeds of 80, 82, 84 (length 30): mean 82, t(2) = 4.303 x sd 2 / sqrt(3) = 4.97."""
+    import json
+
+    from tests.conftest import load_bench
+
+    bench = load_bench("easyrl4rec_table")
+    baseline = {"return_mean": 25.0, "return_ci95": 1.0, "episode_length": 10.0}
+    for seed, value in enumerate((80.0, 82.0, 84.0)):
+        job = tmp_path / "sweep" / str(seed)
+        job.mkdir(parents=True)
+        (job / "results.json").write_text(json.dumps({
+            "seed": seed, "agent": {"return_mean": value, "episode_length": 30.0},
+            "baselines": {"random": baseline}}))
+    bench.main([f"PPO={tmp_path / 'sweep'}"])
+    out = capsys.readouterr().out
+    assert "| EasyRL4Rec A2C (model-free) | 81.80 | 29.92 | 2.73 |" in out
+    assert "| recrl PPO | **82.00 ± 4.97** (3 seeds: 80.0, 82.0, 84.0) | 30.00 | 2.73 |" in out
+    assert "| recrl baseline: random | 25.00 ± 1.00 (over test episodes) | 10.00 | 2.50 |" in out
