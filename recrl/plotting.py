@@ -16,9 +16,11 @@ def plot_evaluation_curve(
     path: Path,
     title: str,
 ) -> None:
-    """Greedy-policy return (with its 95% CI band) against frames, baselines as flat lines."""
+    """Greedy-policy return (with its 95% CI band) against environment frames (against
+    optimiser steps for a module that collects none: offline RL), baselines as flat lines."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    frames = [p["frames"] for p in curve]
+    by_frames = all("frames" in p for p in curve)
+    frames = [p["frames"] if by_frames else p["step"] for p in curve]
     mean = [p["return_mean"] for p in curve]
     ci = [p["return_ci95"] for p in curve]
     ax.plot(frames, mean, marker="o", color="C0", label="agent (greedy)")
@@ -28,7 +30,7 @@ def plot_evaluation_curve(
     )
     for i, (name, stats) in enumerate(baselines.items(), start=1):
         ax.axhline(stats["return_mean"], color=f"C{i}", linestyle="--", label=name)
-    ax.set_xlabel("environment frames")
+    ax.set_xlabel("environment frames" if by_frames else "optimiser steps")
     ax.set_ylabel("mean return (held-out users)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
