@@ -481,16 +481,9 @@ class LikelyActions(TensorDictModuleBase):
             tensordict["imitation_logits"], tensordict["action_mask"], self.threshold))
 
 
-class DiscreteBCQLoss(LossModule):
-    """Discrete BCQ's loss (Fujimoto et al. 2019, "Benchmarking batch deep RL algorithms"):
-
-        a' = argmax over a with G(a | s') / max G(. | s') >= threshold of Q(s', a)   (online)
-        y = r + gamma (1 - terminated) Q_target(s', a')
-        loss = distance(Q(s, a), y) + CE(G(. | s), a) + imitation_penalty * mean(logits^2)
-
-    ``network`` writes ``"action_value"`` and ``"imitation_logits"`` from the observation; its
-    target copy is Polyak-averaged by ``SoftUpdate``.
-    """
+class _TargetNetworkLoss(LossModule):
+    """What `DiscreteBCQLoss` and `DiscreteCRRLoss` share: one network (``network``) with a
+    Polyak-averaged target copy, the keys they read, and the one-step TD target."""
 
     @dataclass
     class _AcceptedKeys:
@@ -505,17 +498,43 @@ class DiscreteBCQLoss(LossModule):
     network_params: TensorDictParams
     target_network_params: TensorDictParams
 
-    def __init__(self, network: TensorDictModule, *, gamma: float, threshold: float,
-                 imitation_penalty: float, loss_function: str = "smooth_l1") -> None:
+    def __init__(self, network: TensorDictModule, *, gamma: float, loss_function: str) -> None:
         super().__init__()
         self.convert_to_functional(network, "network", create_target_params=True)
         self.gamma = gamma
-        self.threshold = threshold
-        self.imitation_penalty = imitation_penalty
         self.loss_function = loss_function
 
     def _forward_value_estimator_keys(self, **kwargs: Any) -> None:
         pass
+
+    def target_outputs(self, next_td: TensorDictBase) -> TensorDictBase:
+        """The target network's outputs at the next observations (call under no_grad)."""
+        with self.target_network_params.to_module(self.network):
+            return self.network(next_td.select(*self.network.in_keys).copy())
+
+    def td_target(self, next_td: TensorDictBase, next_value: Tensor) -> Tensor:
+        """``r + gamma (1 - terminated) next_value``, shaped like ``next_value``."""
+        not_terminal = (~next_td[self.tensor_keys.terminated]).reshape(next_value.shape).float()
+        reward = next_td[self.tensor_keys.reward].reshape(next_value.shape)
+        return reward + self.gamma * not_terminal * next_value
+
+
+class DiscreteBCQLoss(_TargetNetworkLoss):
+    """Discrete BCQ's loss (Fujimoto et al. 2019, "Benchmarking batch deep RL algorithms"):
+
+        a' = argmax over a with G(a | s') / max G(. | s') >= threshold of Q(s', a)   (online)
+        y = r + gamma (1 - terminated) Q_target(s', a')
+        loss = distance(Q(s, a), y) + CE(G(. | s), a) + imitation_penalty * mean(logits^2)
+
+    ``network`` writes ``"action_value"`` and ``"imitation_logits"`` from the observation; its
+    target copy is Polyak-averaged by ``SoftUpdate``.
+    """
+
+    def __init__(self, network: TensorDictModule, *, gamma: float, threshold: float,
+                 imitation_penalty: float, loss_function: str = "smooth_l1") -> None:
+        super().__init__(network, gamma=gamma, loss_function=loss_function)
+        self.threshold = threshold
+        self.imitation_penalty = imitation_penalty
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         keys = self.tensor_keys
@@ -529,12 +548,8 @@ class DiscreteBCQLoss(LossModule):
             allowed = likely_actions(online["imitation_logits"], next_td[keys.action_mask],
                                      self.threshold)
             next_action = online["action_value"].masked_fill(~allowed, float("-inf")).argmax(-1)
-            with self.target_network_params.to_module(self.network):
-                target = self.network(next_td.select(*self.network.in_keys).copy())
-            next_q = gather(target["action_value"], next_action)
-            not_terminal = (~next_td[keys.terminated]).reshape(next_q.shape).float()
-            value_target = next_td[keys.reward].reshape(next_q.shape) + (
-                self.gamma * not_terminal * next_q)
+            next_q = gather(self.target_outputs(next_td)["action_value"], next_action)
+            value_target = self.td_target(next_td, next_q)
         q_loss = distance_loss(gather(q, action), value_target, self.loss_function).mean()
         log_probs = masked_log_softmax(logits, tensordict[keys.action_mask])
         imitation_loss = -gather(log_probs, action).mean()
@@ -591,7 +606,7 @@ class BCQModule(OfflineRLModule):
 CRR_FILTERS = ("exp", "binary")
 
 
-class DiscreteCRRLoss(LossModule):
+class DiscreteCRRLoss(_TargetNetworkLoss):
     """Critic-regularised regression (Wang et al. 2020), discrete:
 
         y = r + gamma (1 - terminated) sum_a' pi_target(a' | s') Q_target(s', a')
@@ -603,33 +618,14 @@ class DiscreteCRRLoss(LossModule):
     EasyRL4Rec's CRR ran with. ``network`` writes ``"logits"`` and ``"action_value"``.
     """
 
-    @dataclass
-    class _AcceptedKeys:
-        action: NestedKey = "action"
-        action_mask: NestedKey = "action_mask"
-        reward: NestedKey = "reward"
-        terminated: NestedKey = "terminated"
-
-    default_keys = _AcceptedKeys
-    tensor_keys: _AcceptedKeys
-    network: TensorDictModule
-    network_params: TensorDictParams
-    target_network_params: TensorDictParams
-
     def __init__(self, network: TensorDictModule, *, gamma: float, beta: float,
                  advantage_filter: str, ratio_upper_bound: float, cql_weight: float,
                  loss_function: str = "smooth_l1") -> None:
-        super().__init__()
-        self.convert_to_functional(network, "network", create_target_params=True)
-        self.gamma = gamma
+        super().__init__(network, gamma=gamma, loss_function=loss_function)
         self.beta = beta
         self.advantage_filter = advantage_filter
         self.ratio_upper_bound = ratio_upper_bound
         self.cql_weight = cql_weight
-        self.loss_function = loss_function
-
-    def _forward_value_estimator_keys(self, **kwargs: Any) -> None:
-        pass
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         keys = self.tensor_keys
@@ -639,14 +635,11 @@ class DiscreteCRRLoss(LossModule):
         next_td = tensordict["next"]
         q_taken = gather(q, action)
         with torch.no_grad():
-            with self.target_network_params.to_module(self.network):
-                target = self.network(next_td.select(*self.network.in_keys).copy())
+            target = self.target_outputs(next_td)
             next_mask = next_td[keys.action_mask]
             next_pi = masked_log_softmax(target["logits"], next_mask).exp()
             next_value = (next_pi * target["action_value"].masked_fill(~next_mask, 0.0)).sum(-1)
-            not_terminal = (~next_td[keys.terminated]).reshape(next_value.shape).float()
-            value_target = next_td[keys.reward].reshape(next_value.shape) + (
-                self.gamma * not_terminal * next_value)
+            value_target = self.td_target(next_td, next_value)
         critic_loss = distance_loss(q_taken, value_target, self.loss_function).mean()
         log_pi = masked_log_softmax(logits, mask)
         with torch.no_grad():

@@ -84,15 +84,11 @@ def download(name: str, dest: Path | str = "data", base_url: str | None = None,
     url = base_url.rstrip("/") + f"/{name}.zip"
     expected = published_md5(url)
     part = dest / f"{name}.zip.part"
-    digest = hashlib.md5()
     try:
-        with _fetch(url, timeout) as response, open(part, "wb") as out:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != expected:
+        received = _save(url, part, timeout)
+        if received != expected:
             raise DownloadError(
-                f"{url}: checksum mismatch (MD5 {digest.hexdigest()}, GroupLens publishes "
+                f"{url}: checksum mismatch (MD5 {received}, GroupLens publishes "
                 f"{expected}); the download is corrupt or incomplete — run the command again"
             )
         _unpack(part, dest, DATASETS[name], url)
