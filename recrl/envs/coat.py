@@ -36,7 +36,7 @@ from torch import Tensor
 from tensordict import TensorDict
 
 from recrl.envs.base import RecEnv, UserResponse, UserResponseModel, check_param
-from recrl.observation import CLICKED, PADDING, SHOWN
+from recrl.observation import CLICKED, PADDING
 
 log = logging.getLogger(__name__)
 
