@@ -27,9 +27,8 @@ from torchrl.data.replay_buffers import PrioritizedSampler, RandomSampler
 from torchrl.modules import EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss, HardUpdate, SoftUpdate, ValueEstimators
 
-from lightning_modules.online import OnlineRLModule
+from lightning_modules.replay import ReplayRLModule
 from lightning_modules.policy import EnvFactory
-from recrl.torchrl_state import load_replay_buffer_state, replay_buffer_state
 from recrl.encoders import HistoryEncoderBase, HistoryScorer, ItemScorer
 from recrl.observation import HISTORY_KEYS
 
@@ -56,7 +55,7 @@ class ActWithWeights(TensorDictModuleBase):
         return torch.func.functional_call(self.policy, self._weights, (tensordict,), strict=True)
 
 
-class DQNModule(OnlineRLModule):
+class DQNModule(ReplayRLModule):
     """Double DQN with a BERT history encoder, trained from a TorchRL collector + replay buffer.
 
     See ``conf/algo/dqn.yaml`` for what each argument does; the defaults here are the same.
@@ -167,7 +166,6 @@ class DQNModule(OnlineRLModule):
             batch_size=batch_size,
             priority_key="td_error",
         )
-        self._updates_left = 0  # replay updates still to come from the current rollout
         self._priority_batch: TensorDictBase | None = None  # its TD errors update priorities
 
     @property
@@ -206,43 +204,7 @@ class DQNModule(OnlineRLModule):
         # Learn Q in scaled units: with returns in the hundreds, unscaled targets would take
         # Adam thousands of steps just to reach the right magnitude. Greedy actions are unchanged.
         transitions["next", "reward"] = transitions["next", "reward"] * self.hparams.reward_scale
-        self.replay_buffer.extend(transitions)
-        # eps_annealing_frames and learning_starts count the frames of all DDP ranks together
-        # (each rank holds its own replay buffer of its own frames; see OnlineRLModule).
-        world_size = self.world_size
-        self.exploration.step(rollout.numel() * world_size)
-        if len(self.replay_buffer) * world_size < self.hparams.learning_starts:
-            return
-        self._updates_left = self.hparams.updates_per_batch
-        yield from self._replay_batches()
-
-    def _replay_batches(self) -> Iterator[TensorDictBase]:
-        """The current rollout's replay updates; each batch is sampled when it is asked for."""
-        while self._updates_left > 0:
-            self._updates_left -= 1
-            yield self.replay_buffer.sample()
-
-    # -- exact resume: the replay buffer, the target-update counter, the rollout's updates left -
-    def batching_state(self) -> dict:
-        return {"updates_left": self._updates_left}
-
-    def resume_batching(self, state: dict) -> Iterator[TensorDictBase]:
-        self._updates_left = int(state["updates_left"])
-        return self._replay_batches()
-
-    def resume_state(self) -> dict:
-        # The online and target networks and epsilon are in the state_dict (parameters and
-        # buffers of policy, loss_module and exploration).
-        return {
-            "replay_buffer": replay_buffer_state(self.replay_buffer),
-            "target_updater": self.target_updater.state_dict(),
-        }
-
-    def load_resume_state(self, state: dict) -> None:
-        if "replay_buffer" in state:
-            load_replay_buffer_state(self.replay_buffer, state["replay_buffer"], self.device)
-        if "target_updater" in state:
-            self.target_updater.load_state_dict(state["target_updater"])
+        yield from self.store_and_replay(transitions, rollout.numel())
 
     def click_loss(self, batch: TensorDictBase) -> torch.Tensor:
         """Binary cross-entropy of the click model on the recommended items."""
@@ -269,10 +231,7 @@ class DQNModule(OnlineRLModule):
         return loss
 
     def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        # Right after the update, before any callback's on_train_batch_end: a checkpoint written
-        # at the end of this step then holds the target network of this step.
-        self.target_updater.step()
+        super().optimizer_step(*args, **kwargs)  # and the target network's update
         if self._priority_batch is not None:
             self.replay_buffer.update_tensordict_priority(self._priority_batch)
             self._priority_batch = None

@@ -26,11 +26,22 @@ from lightning_modules.policy import EnvFactory, PolicyModule
 from recrl.checkpoint_io import RESUME_KEY
 from recrl.collect import RolloutStream, rollout_dataloader
 from recrl.encoders import HistoryEncoderBase
+from recrl.observation import chosen_position
 
 #: Test-only: when this environment variable is set, every rank writes its final ``state_dict``,
 #: its own frame count and a fingerprint of its first rollout to ``<run folder>/rank<k>.pt``
 #: (tests/test_ddp.py checks with it that DDP ranks agree on weights and differ in data).
 RANK_DUMP_ENV = "RECRL_TEST_DUMP_RANKS"
+
+
+def chosen_items(rollout: TensorDictBase) -> Tensor:
+    """The items the users clicked in a raw rollout, 1-D int64: the recommended item where
+    ``("next", "click")``, or for slates the slate's item at the chosen position."""
+    action, click = rollout["action"], rollout["next", "click"]
+    if action.dim() == click.dim():  # one item per step
+        return action[click]
+    position = chosen_position(rollout["next", "history_response"], action.shape[-1])
+    return action[click].gather(-1, position[click][:, None]).squeeze(-1)
 
 
 class OnlineRLModule(PolicyModule):
@@ -149,7 +160,7 @@ class OnlineRLModule(PolicyModule):
         Runs on the raw rollout, where ``("next", "click")`` answers ``"action"`` (an n-step
         transform applied later shifts ``"next"`` forward).
         """
-        clicked_items = rollout["action"][rollout["next", "click"]]
+        clicked_items = chosen_items(rollout)
         self.item_clicks += torch.bincount(clicked_items, minlength=self.item_clicks.numel())
         if self._first_rollout is None and os.environ.get(RANK_DUMP_ENV):
             self._first_rollout = {

@@ -50,6 +50,9 @@ class PolicyModule(L.LightningModule):
 
     #: Where the greedy policy writes its score of every item (Q-values, logits, ...).
     score_key: str = "action_value"
+    #: What the module recommends per step ("item", "slate" or "both"); `recrl.build` checks it against
+    #: the env's ``slate_size`` before anything is built (`recrl.checks.check_slate_support`).
+    slate_support: str = "item"
 
     def __init__(self, encoder: HistoryEncoderBase, env_factory: EnvFactory, *,
                  max_grad_norm: float | None = None, seed: int = 0) -> None:

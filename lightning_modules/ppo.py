@@ -12,7 +12,10 @@ The algorithm, as ``rollout_to_batches`` and ``training_step`` read it:
 
 Policy and value share one BERT encoder: ``pi(a|s) = softmax(<W s, e_a> + b_a)`` over the
 items the environment's ``action_mask`` allows (``MaskedCategorical``: a masked item has
-probability exactly 0), and ``V(s) = v . s``. On a minibatch the encoder runs once; the loss's
+probability exactly 0), and ``V(s) = v . s``. On an env with slates (``env.slate_size = k > 1``)
+the same logits define a Plackett-Luce policy over ordered slates of k distinct allowed items
+(`recrl.distributions.PlackettLuce`: list-wise PPO); its log-probability is the sum over the
+slate's positions, so the clipped ratio is the slate's. On a minibatch the encoder runs once; the loss's
 actor and critic are the two heads reading the state it wrote (TorchRL's own
 ``ActorValueOperator`` would run the encoder once per head).
 """
@@ -31,6 +34,7 @@ from torchrl.objectives.value import GAE
 
 from lightning_modules.online import OnlineRLModule
 from lightning_modules.policy import EnvFactory
+from recrl.distributions import PlackettLuce
 from recrl.torchrl_state import td_from_state, td_to_state
 from recrl.encoders import HistoryEncoderBase, ItemScorer, RepeatBias, ScoreWithHistory
 from recrl.observation import HISTORY_KEYS
@@ -46,6 +50,7 @@ class PPOModule(OnlineRLModule):
     """
 
     score_key = "logits"
+    slate_support = "both"
 
     def __init__(
         self,
@@ -88,7 +93,9 @@ class PPOModule(OnlineRLModule):
                 f"algo.minibatch_size={minibatch_size} must be between 1 and "
                 f"algo.frames_per_batch={frames_per_batch}"
             )
-        action_spec = self.make_env(1, seed=seed).action_spec_unbatched
+        probe_env = self.make_env(1, seed=seed)
+        action_spec = probe_env.action_spec_unbatched
+        slate_size = getattr(probe_env, "slate_size", 1)
         self.state_encoder = TensorDictModule(encoder, in_keys=HISTORY_KEYS, out_keys=["state"])
         self.policy_head = ProbabilisticActor(
             (TensorDictModule(ScoreWithHistory(ItemScorer(encoder),
@@ -97,7 +104,8 @@ class PPOModule(OnlineRLModule):
              if repeat_bias else
              TensorDictModule(ItemScorer(encoder), in_keys=["state"], out_keys=["logits"])),
             in_keys={"logits": "logits", "mask": "action_mask"},
-            distribution_class=MaskedCategorical,
+            distribution_class=MaskedCategorical if slate_size == 1 else PlackettLuce,
+            distribution_kwargs={} if slate_size == 1 else {"slate_size": slate_size},
             spec=action_spec,
             return_log_prob=True,
         )

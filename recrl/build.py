@@ -14,12 +14,15 @@ from typing import Any, NamedTuple
 
 import lightning as L
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recrl.callbacks import EveryNSteps
 from recrl.checkpoint_io import AtomicCheckpointIO
-from recrl.checks import ConfigurationError, check_config, check_ranking, configuration_message
+from recrl.checks import (
+    ConfigurationError, check_config, check_ranking, check_slate_support, configuration_message,
+)
 from recrl.data import Sequences
 from recrl.encoders.text import TEXT_OPTIONS, encoder_item_features
 from recrl.hardware import apply_hardware
@@ -47,6 +50,13 @@ def with_default_env(overrides: Sequence[str], default_env: str = "ml100k") -> l
     return list(overrides) if chooses_env else [f"env={default_env}", *overrides]
 
 
+def algo_choice(module_class: type) -> str:
+    """``algo=<name>`` as the run chose it (Hydra's choice), else the module's class name."""
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.choices.get("algo", module_class.__name__)
+    return module_class.__name__
+
+
 def build_module(cfg: DictConfig) -> tuple[Any, Any]:
     """The algorithm module of ``cfg`` (env factory -> encoder -> algo), and the one-user env
     built on the way (it rejects invalid env values at once)."""
@@ -64,6 +74,9 @@ def build_module(cfg: DictConfig) -> tuple[Any, Any]:
     algo_cfg = OmegaConf.to_container(cfg.algo, resolve=True)
     for key in RUN_KEYS:
         algo_cfg.pop(key, None)
+    module_class = get_class(algo_cfg["_target_"])
+    check_slate_support(getattr(module_class, "slate_support", "item"),
+                        getattr(probe_env, "slate_size", 1), algo_choice(module_class))
     module = instantiate(algo_cfg, encoder=encoder, env_factory=env_factory, seed=cfg.seed)
     compile_encoder(module.encoder, cfg.get("compile"))
     return module, probe_env

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from recrl.data import Sequences
-from recrl.evaluation import ITEM_METRICS, play_users, summarise
+from recrl.evaluation import ITEM_METRICS, SLATE_METRICS, play_users, summarise
 from recrl.ranking import evaluate_ranking
 
 
@@ -146,8 +146,9 @@ class PeriodicEvaluation(EveryNSteps):
             "val/clicks": metrics["clicks_mean"],
             "val/ctr": metrics["ctr"],
             "val/episode_length": metrics["episode_length"],
-            **{f"val/{key}": metrics[key] for key in ITEM_METRICS if key in metrics},
-            }
+            **{f"val/{key}": metrics[key] for key in (*ITEM_METRICS, *SLATE_METRICS)
+               if key in metrics},
+        }
         if "frames" in point:
             val_metrics["val/frames"] = float(point["frames"])
         if trainer.is_global_zero:

@@ -161,3 +161,22 @@ def check_ranking(sequences: Sequences | None, ranking: DictConfig) -> None:
             f"has only {fewest} items they have not interacted with: set "
             f"evaluation.ranking.num_negatives={max(fewest, 1)} or fewer"
         )
+
+
+#: What a module recommends per step: "item" (one item), "slate" (an ordered list, env.slate_size
+#: > 1) or "both".
+SLATE_SUPPORT = ("item", "slate", "both")
+
+
+def check_slate_support(support: str, slate_size: int, algo: str) -> None:
+    """One clear error where an algorithm meets an env of the wrong kind (`SLATE_SUPPORT`)."""
+    if support == "item" and slate_size > 1:
+        raise ValueError(
+            f"algo={algo} recommends one item per step, but env.slate_size={slate_size}: use a "
+            f"slate algorithm (algo=slateq, or algo=ppo, list-wise) or env.slate_size=1"
+        )
+    if support == "slate" and slate_size == 1:
+        raise ValueError(
+            f"algo={algo} recommends slates, but env.slate_size=1: set env.slate_size to the "
+            f"items per slate (e.g. env.slate_size=2), or use a one-item algorithm (algo=dqn)"
+        )

@@ -16,7 +16,10 @@ from torch import Tensor
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
-from recrl.diversity import episode_diversity, gini, majority_categories, self_information
+from recrl.observation import chosen_position
+from recrl.diversity import (
+    dissimilarity, episode_diversity, gini, majority_categories, self_information,
+)
 
 Policy = Callable[[TensorDictBase], TensorDictBase]
 
@@ -49,11 +52,45 @@ class Episodes(NamedTuple):
     novelty: Tensor | None  # [U] float64 summed self-information (bits); None: no popularity
     # [U] float64 recommendations in a majority category; None: the items have no categories.
     dominated: Tensor | None
+    # Slates only (None for one item per step), see `SlateStats`.
+    slates: SlateStats | None = None
 
     @property
     def recommended(self) -> Tensor:
         """[N + 1] bool, items recommended to anybody."""
         return self.exposure > 0
+
+
+class SlateStats(NamedTuple):
+    """What list metrics need, summed over every counted slate of every user."""
+
+    slate_size: int
+    click_positions: Tensor  # [k] float64, clicks at each slate position
+    ndcg: Tensor | None  # [U] float64 summed slate NDCG; None: the env hides true preferences
+    diversity: Tensor | None  # [U] float64 summed intra-slate diversity; None: no item vectors
+
+
+def slate_ndcg(slate: Tensor, relevance: Tensor) -> Tensor:
+    """NDCG of each ordered slate ([B, k] item ids) against true relevances ([B, N+1], -inf at
+    the items that could not be shown), [B] float64: linear gains, ``1 / log2(position + 2)``
+    discounts, the ideal being the k most relevant items that could be shown (1 where even those
+    have no gain). The synthetic users' relevance is their expected immediate reward."""
+    k = slate.shape[1]
+    discount = 1.0 / torch.log2(torch.arange(k, device=slate.device, dtype=torch.float64) + 2)
+    gains = relevance.gather(1, slate).double().clamp(min=0)  # [B, k]
+    ideal = relevance.topk(k, dim=1).values.double().clamp(min=0)  # [B, k]
+    dcg, idcg = gains @ discount, ideal @ discount
+    return torch.where(idcg > 0, dcg / idcg.clamp(min=1e-12), 1.0)
+
+
+def slate_diversity(slate: Tensor, vectors: Tensor) -> Tensor:
+    """Mean dissimilarity (`recrl.diversity.dissimilarity`) over the pairs of items of each slate
+    ([B, k], k >= 2), [B] float64."""
+    points = vectors[slate].double()  # [B, k, D]
+    dissimilar = dissimilarity(torch.cdist(points, points,
+                                           compute_mode="donot_use_mm_for_euclid_dist"))
+    k = slate.shape[1]
+    return dissimilar.sum(dim=(1, 2)) / (k * (k - 1))
 
 
 class ItemReference(NamedTuple):
@@ -112,6 +149,9 @@ def item_reference(env: EnvBase, training_popularity: Tensor | None = None) -> I
 ITEM_METRICS = {"coverage": "coverage", "exposure_gini": "exposure Gini", "ild": "ILD",
                 "novelty": "novelty", "mcd": "MCD"}
 
+#: The list metrics of slates (`summarise`), with their column headers.
+SLATE_METRICS = {"slate_ndcg": "slate NDCG", "slate_ild": "slate ILD"}
+
 #: Steps between two checks whether every evaluation episode has ended. Each check reads a
 #: flag back from the device (a host synchronisation); users who have left are not counted
 #: between checks, so the numbers do not depend on it.
@@ -133,6 +173,7 @@ def play_episodes(env: EnvBase, policy: Policy, max_steps: int = 10_000,
     """
     num_users, device = env.batch_size[0], env.device
     reference = item_reference(env, training_popularity)
+    slate_size = getattr(env, "slate_size", 1)
     f64 = {"dtype": torch.float64, "device": device}
     returns, clicks, lengths = (torch.zeros(num_users, **f64) for _ in range(3))
     novelty = None if reference.information is None else torch.zeros(num_users, **f64)
@@ -140,20 +181,40 @@ def play_episodes(env: EnvBase, policy: Policy, max_steps: int = 10_000,
     actions: list[Tensor] | None = None if reference.vectors is None else []
     times_recommended = torch.zeros(env.num_items + 1, **f64)
     alive = torch.ones(num_users, dtype=torch.bool, device=device)
+    slates = None
+    if slate_size > 1:
+        with_ndcg = getattr(env, "has_expected_reward", False)
+        slates = SlateStats(
+            slate_size, torch.zeros(slate_size, **f64),
+            torch.zeros(num_users, **f64) if with_ndcg else None,
+            None if reference.vectors is None else torch.zeros(num_users, **f64))
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         td = env.reset()
         for step in range(max_steps):
+            relevance = (env.expected_immediate_reward()
+                         if slates is not None and slates.ndcg is not None else None)
             td = env.step(policy(td))
-            action = td["action"]
+            action = td["action"]  # [U], or [U, k] for slates
             counted = alive.double()
-            times_recommended.index_add_(0, action, counted)
+            per_item = counted if slate_size == 1 else counted[:, None].expand(action.shape)
+            times_recommended.index_add_(0, action.reshape(-1), per_item.reshape(-1))
             if novelty is not None:
-                novelty += reference.information[action] * counted
+                novelty += (reference.information[action] * per_item).reshape(num_users, -1).sum(1)
             if dominated is not None:
-                dominated += reference.in_majority[action] * counted
+                dominated += (reference.in_majority[action] * per_item).reshape(
+                    num_users, -1).sum(1)
             if actions is not None:
-                actions.append(action.where(alive, 0))
+                actions.append(action.where(alive, 0) if slate_size == 1
+                               else action.where(alive[:, None], 0))
             nxt = td["next"]
+            if slates is not None:
+                chosen = chosen_position(nxt["history_response"], slate_size)  # [U], -1: none
+                hit = (chosen[:, None] == torch.arange(slate_size, device=device)) & alive[:, None]
+                slates.click_positions.add_(hit.double().sum(0))
+                if slates.ndcg is not None:
+                    slates.ndcg.add_(slate_ndcg(action, relevance) * counted)
+                if slates.diversity is not None:
+                    slates.diversity.add_(slate_diversity(action, reference.vectors) * counted)
             returns += nxt["reward"].squeeze(-1).double() * counted
             clicks += nxt["click"].double() * counted
             lengths += counted
@@ -166,10 +227,12 @@ def play_episodes(env: EnvBase, policy: Policy, max_steps: int = 10_000,
             f"{int(alive.sum())} evaluation episodes did not end within {max_steps} steps; "
             "raise evaluation.max_steps or give the environment a max_episode_steps"
         )
-    diversity = (None if actions is None
-                 else episode_diversity(torch.stack(actions, dim=1), reference.vectors))
+    diversity = (None if actions is None else episode_diversity(
+        torch.stack(actions, dim=1).reshape(num_users, -1), reference.vectors))
+    if slates is not None:
+        slates = SlateStats(slate_size, *(None if t is None else t.cpu() for t in slates[1:]))
     return Episodes(*(None if t is None else t.cpu() for t in (
-        returns, clicks, lengths, times_recommended, diversity, novelty, dominated)))
+        returns, clicks, lengths, times_recommended, diversity, novelty, dominated)), slates)
 
 
 def summarise(episodes: Episodes) -> dict[str, float]:
@@ -186,8 +249,13 @@ def summarise(episodes: Episodes) -> dict[str, float]:
     - ``mcd``: majority-category domination, the share of all recommendations that fall in the
       majority categories.
 
-    The last three are left out where `Episodes` has no input for them.
+    The last three are left out where `Episodes` has no input for them. Slates add the list
+    metrics (`SLATE_METRICS`): ``ctr`` is then clicks per slate, ``click_positions`` the share of
+    clicks at each slate position, ``slate_ndcg`` the mean NDCG of a slate against the
+    simulator's true preferences (where it has them) and ``slate_ild`` the mean diversity inside
+    a slate; ``novelty`` and ``mcd`` count every item of a slate.
     """
+    per_step = 1 if episodes.slates is None else episodes.slates.slate_size
     return_mean, return_ci95 = mean_ci95(episodes.returns)
     clicks_mean, clicks_ci95 = mean_ci95(episodes.clicks)
     length_mean, length_ci95 = mean_ci95(episodes.lengths)
@@ -205,9 +273,18 @@ def summarise(episodes: Episodes) -> dict[str, float]:
     if episodes.diversity is not None:
         metrics["ild"] = episodes.diversity.nanmean().item()
     if episodes.novelty is not None:
-        metrics["novelty"] = (episodes.novelty / episodes.lengths).mean().item()
+        metrics["novelty"] = (episodes.novelty / (episodes.lengths * per_step)).mean().item()
     if episodes.dominated is not None:
-        metrics["mcd"] = (episodes.dominated.sum() / episodes.lengths.sum()).item()
+        metrics["mcd"] = (episodes.dominated.sum() / (episodes.lengths.sum() * per_step)).item()
+    if episodes.slates is not None:
+        slates = episodes.slates
+        metrics["slate_size"] = slates.slate_size
+        total = slates.click_positions.sum()
+        metrics["click_positions"] = (slates.click_positions / total.clamp(min=1)).tolist()
+        if slates.ndcg is not None:
+            metrics["slate_ndcg"] = (slates.ndcg.sum() / episodes.lengths.sum()).item()
+        if slates.diversity is not None:
+            metrics["slate_ild"] = (slates.diversity.sum() / episodes.lengths.sum()).item()
     metrics["num_users"] = episodes.returns.numel()
     return metrics
 
@@ -263,10 +340,9 @@ def play_users(
         env = make_env(num_users, seed)
         episodes = play_episodes(env, policy_for_env(env), max_steps, training_popularity)
     if world_size > 1:
-        box = [None if episodes is None
-               else tuple(None if t is None else t.cpu() for t in episodes)]
+        box = [episodes]  # play_episodes returns CPU tensors
         dist.broadcast_object_list(box, src=0, group=_broadcast_group())
-        episodes = Episodes(*box[0])
+        episodes = box[0]
     return episodes
 
 

@@ -30,6 +30,8 @@ __all__ = [
     "PADDING_ITEM",
     "SHOWN",
     "uniform_valid_action",
+    "uniform_valid_slate",
+    "chosen_position",
 ]
 
 #: The observation keys an encoder reads, in the order of its arguments
@@ -84,3 +86,25 @@ def uniform_valid_action(
         picked = torch.multinomial(action_mask[bad].float(), 1, generator=generator)
         action[bad] = picked.squeeze(1)
     return action
+
+
+def uniform_valid_slate(action_mask: Tensor, slate_size: int,
+                        generator: torch.Generator | None = None) -> Tensor:
+    """``slate_size`` distinct valid items per row of ``action_mask`` ([B, N+1] bool), uniformly
+    among the ordered lists of that many valid items, [B, k] int64.
+
+    Independent uniform keys, valid items first, the top k: a uniformly random subset in a
+    uniformly random order. Rows with fewer than k valid items are the caller's error (the
+    envs refuse such settings when they are built).
+    """
+    keys = torch.rand(action_mask.shape, generator=generator, device=action_mask.device)
+    keys = keys.masked_fill(~action_mask, -1.0)
+    return keys.topk(slate_size, dim=1).indices
+
+
+def chosen_position(next_response: Tensor, slate_size: int) -> Tensor:
+    """The slate position of the item each user chose, read from the response codes of the
+    window after the step (``[..., L]``, the slate its last ``slate_size`` entries), ``[...]``
+    int64; -1 where the user chose nothing."""
+    clicked = next_response[..., -slate_size:] == CLICKED  # [..., k]
+    return torch.where(clicked.any(-1), clicked.long().argmax(-1), -1)

@@ -22,7 +22,8 @@ from recrl.baselines import MostPopularRecommender, MyopicOracle, RandomRecommen
 from recrl.callbacks import EveryNSteps, PeriodicEvaluation, RankingValidation
 from recrl.data import Sequences
 from recrl.evaluation import (
-    ITEM_METRICS, Episodes, paired_gap, play_users, popularity_reference, summarise,
+    ITEM_METRICS, SLATE_METRICS, Episodes, paired_gap, play_users, popularity_reference,
+    summarise,
 )
 from recrl.plotting import plot_evaluation_curve
 from recrl.ranking import describe_protocol, evaluate_ranking, log_popularity, most_popular_scorer
@@ -205,14 +206,14 @@ def final_evaluation(module: Any, cfg: DictConfig, sequences: Sequences | None,
     agent_episodes, agent = play(lambda env: module.greedy_policy)
     returns["agent"] = agent_episodes.returns.tolist()
     played = {
-        "random": play(lambda env: RandomRecommender(seed=seed)),
+        "random": play(lambda env: RandomRecommender(seed=seed, slate_size=env.slate_size)),
     }
     popularity = module.training_popularity()
     if popularity is not None:  # the clicks the module saw while training
-        played["popular"] = play(lambda env: MostPopularRecommender(popularity))
+        played["popular"] = play(lambda env: MostPopularRecommender(popularity, env.slate_size))
     if sequences is not None:
         counts = log_popularity(sequences, users=~sequences.heldout_users)
-        played["popular_log"] = play(lambda env: MostPopularRecommender(counts))
+        played["popular_log"] = play(lambda env: MostPopularRecommender(counts, env.slate_size))
     if test_env.has_expected_reward:  # only simulators with hidden state
         played["oracle_myopic"] = play(MyopicOracle)
     baselines = {}
@@ -267,6 +268,22 @@ def format_results_table(results: dict[str, Any]) -> str:
     for name, m in rows:
         lines.append(f"{name:<14}" + "".join(f"{item_metric_cell(m.get(key)):>{widths[key]}}"
                                              for key in ITEM_METRICS))
+    if "slate_size" in results["agent"]:
+        lines += ["", format_slate_table(rows)]
+    return "\n".join(lines)
+
+
+def format_slate_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """The list metrics of slates: clicks per slate, the share of clicks at each position,
+    slate NDCG against the simulator's true preferences, diversity inside a slate."""
+    lines = [f"{'policy':<14}{'clicks/slate':>14}"
+             + "".join(f"{header:>12}" for header in SLATE_METRICS.values())
+             + "   clicks by position"]
+    for name, m in rows:
+        positions = " ".join(f"{share:.2f}" for share in m["click_positions"])
+        lines.append(f"{name:<14}{m['ctr']:>14.3f}"
+                     + "".join(f"{item_metric_cell(m.get(key)):>12}" for key in SLATE_METRICS)
+                     + f"   {positions}")
     return "\n".join(lines)
 
 

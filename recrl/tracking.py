@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
 from recrl.callbacks import EveryNSteps
-from recrl.evaluation import ITEM_METRICS
+from recrl.evaluation import ITEM_METRICS, SLATE_METRICS
 from recrl.sweeps import LOCAL_MODES, override_key, sweep_group
 
 #: The ``_target_`` of conf/logger/wandb.yaml: built here, with the run's config and identity.
@@ -230,9 +230,10 @@ def flatten(results: dict[str, Any], prefix: str = "final") -> dict[str, float]:
 
 
 #: The W&B results table's columns: a policy's key missing from results.json (the gap for agents,
-#: an item metric the env cannot provide: recrl.evaluation.ITEM_METRICS) is None there.
+#: an item metric the env cannot provide: recrl.evaluation.ITEM_METRICS, the list metrics of a run
+#: without slates: SLATE_METRICS) is None there.
 RESULT_COLUMNS = ["return_mean", "return_ci95", "clicks_mean", "ctr", "episode_length",
-                  *ITEM_METRICS, "agent_gap_mean", "agent_gap_ci95"]
+                  *ITEM_METRICS, *SLATE_METRICS, "agent_gap_mean", "agent_gap_ci95"]
 
 
 def log_final_results(loggers: list[Logger], results: dict[str, Any], plot_path: Path) -> None:

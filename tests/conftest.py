@@ -157,14 +157,15 @@ def load_bench(name: str) -> ModuleType:
 
 
 def assert_beats_random(module, num_users: int = 300, seed: int = 123) -> None:
-    """The greedy policy of a trained ``module`` beats the uniformly random one on the same
-    ``num_users`` users, beyond both 95% intervals."""
+    """The greedy policy of a trained ``module`` beats the uniformly random one (random slates on
+    a slate env) on the same ``num_users`` users, beyond both 95% intervals."""
     from recrl.baselines import RandomRecommender
     from recrl.evaluation import evaluate_policy
 
     module.eval()
     agent = evaluate_policy(module.make_env(num_users, seed=seed), module.greedy_policy)
-    random = evaluate_policy(module.make_env(num_users, seed=seed), RandomRecommender(seed=0))
+    env = module.make_env(num_users, seed=seed)
+    random = evaluate_policy(env, RandomRecommender(seed=0, slate_size=env.slate_size))
     assert agent["return_mean"] - agent["return_ci95"] > random["return_mean"] + random["return_ci95"]
 
 

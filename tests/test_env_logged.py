@@ -483,3 +483,48 @@ def test_too_many_sampled_negatives_for_a_small_catalogue_are_refused_before_tra
                        "user of this log has only 20 items they have not interacted with: set "
                        "evaluation.ranking.num_negatives=20 or fewer")
     assert not (run_dir / "results.json").exists() and (run_dir / "FAILED").is_file()
+
+
+class TableTaste:
+    """A taste model whose every user rates item i ``table[i]`` (for the cascade's tests)."""
+
+    def __init__(self, table: list[float]) -> None:
+        self.table = torch.tensor(table)
+
+    def ratings(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        if items is None:
+            return self.table.expand(users.shape[0], -1)
+        return self.table[items]
+
+
+def test_slates_follow_the_cascade_with_position_based_examination(log_file: Path) -> None:
+    """Ratings 3, 4.5, 5 in that order: the first item is not liked, the second is examined
+    with probability 0.8 (then clicked), and the third is never reached unless the second is
+    (the examined positions are a prefix): P(click at 1) = 0.8, P(no click) = 0.2."""
+    env = make_env(log_file, num_users=4000, boredom_window=0, slate_size=3,
+                   examination_decay=0.8)
+    env.reset()
+    env.users.taste = TableTaste([0.0] + [3.0, 4.5, 5.0] + [1.0] * (NUM_ITEMS - 3))
+    response = env.users.respond_slate(torch.tensor([1, 2, 3]).expand(4000, 3), env.rng)
+    shares = [(response.position == p).float().mean().item() for p in (0, 1, 2, -1)]
+    assert shares[0] == 0.0 and shares[2] == 0.0
+    assert shares[1] == pytest.approx(0.8, abs=0.02) and shares[3] == pytest.approx(0.2, abs=0.02)
+    # The reward is the clicked item's rating, 0 without a click.
+    assert torch.equal(response.watch_time, torch.where(response.position == 1, 4.5, 0.0))
+    # A liked first item is always clicked: position 0 is always examined.
+    first = env.users.respond_slate(torch.tensor([3, 2, 1]).expand(4000, 3), env.rng)
+    assert (first.position == 0).all()
+
+
+def test_a_slate_env_on_logged_data_steps_and_masks_every_shown_item(log_file: Path) -> None:
+    env = make_env(log_file, num_users=6, slate_size=2, history_length=4, max_episode_steps=5)
+    check_env_specs(env)
+    td = env.reset()
+    shown = [set(td["history"][b].tolist()) - {0} for b in range(6)]
+    for _ in range(3):
+        td["action"] = torch.stack([td["action_mask"][b].nonzero()[:2, 0] for b in range(6)])
+        for b in range(6):
+            shown[b] |= set(td["action"][b].tolist())
+        td = env.step(td)["next"]
+        for b in range(6):  # mask_scope=episode: every item shown this session stays masked
+            assert not td["action_mask"][b, sorted(shown[b])].any()

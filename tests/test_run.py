@@ -247,6 +247,10 @@ BAD_INPUT = [
     (["trainer.gradient_clip_val=1.0"], "algo.max_grad_norm"),
     (["evaluation.select=median"], "evaluation.select"),
     (["algo.greedy_network=average"], "algo.greedy_network"),
+    (["env.slate_size=0"], "env.slate_size must be an integer >= 1"),
+    (["env.slate_size=3", "env.num_candidates=2", "algo=slateq"], "larger than env.num_candidates"),
+    (["env.slate_size=2"], "algo=dqn recommends one item per step"),
+    (["algo=slateq"], "algo=slateq recommends slates, but env.slate_size=1"),
     (["evaluation.val_seed=1000003"], "evaluation.val_seed"),
 ]
 #: The case that also runs through a real ``python -m recrl.run`` process: an unknown config

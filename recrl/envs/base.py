@@ -22,7 +22,7 @@ from torchrl.envs import EnvBase
 
 from recrl.observation import CLICKED, PADDING, SHOWN
 
-__all__ = ["MASK_SCOPES", "RecEnv", "UserResponse", "UserResponseModel"]
+__all__ = ["MASK_SCOPES", "RecEnv", "SlateResponse", "UserResponse", "UserResponseModel"]
 
 #: What ``mask_history`` masks: the items in the visible window, or every item of the episode.
 MASK_SCOPES = ("window", "episode")
@@ -34,6 +34,16 @@ class UserResponse:
 
     click: Tensor  # [B] bool
     watch_time: Tensor  # [B] float32, the reward; 0 without a click
+    done: Tensor  # [B] bool, the user left (terminal, not a time limit)
+
+
+@dataclass(frozen=True)
+class SlateResponse:
+    """What a batch of users did with one slate (an ordered list of ``k`` items) each: every user
+    chooses at most one item of their slate."""
+
+    position: Tensor  # [B] int64, the slate position of the chosen item; -1: no click
+    watch_time: Tensor  # [B] float32, the reward (of the chosen item); 0 without a click
     done: Tensor  # [B] bool, the user left (terminal, not a time limit)
 
 
@@ -59,6 +69,22 @@ class UserResponseModel(abc.ABC):
     @abc.abstractmethod
     def respond(self, action: Tensor, generator: torch.Generator) -> UserResponse:
         """Show item ``action`` ([B] int64 in 1..N) to each user and update their state."""
+
+    def respond_slate(self, slate: Tensor, generator: torch.Generator) -> SlateResponse:
+        """Show the ordered ``slate`` ([B, k] int64, k distinct items per row) to each user, who
+        chooses at most one of its items, and update their state.
+
+        Only user models with a choice model over lists implement it (RecSim's proportional
+        choice for synthetic users); the others recommend one item per step.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no choice model for slates: use env.slate_size=1"
+        )
+
+    @property
+    def supports_slates(self) -> bool:
+        """Whether `respond_slate` is implemented."""
+        return type(self).respond_slate is not UserResponseModel.respond_slate
 
     def start_history(self, mask: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
         """The history a reset user starts with, or None for an empty one.
@@ -121,7 +147,7 @@ class UserResponseModel(abc.ABC):
 
 
 class RecEnv(EnvBase):
-    """A batch of users, each receiving one recommended item per step.
+    """A batch of users, each receiving one recommended item (or one slate of items) per step.
 
     Observations (``B`` users, ``N`` items with ids ``1..N``, ``0`` = padding, window ``L``):
 
@@ -137,6 +163,15 @@ class RecEnv(EnvBase):
     Action ``action`` [B] int64 item id; reward [B, 1] float32 (watch time);
     ``terminated`` when the user model says the user left, ``truncated`` after
     ``max_episode_steps`` steps.
+
+    Slates (``slate_size = k > 1``): the action is ``[B, k]`` int64, an ordered list of ``k``
+    distinct allowed items; the user chooses at most one of them (the user model's
+    `UserResponseModel.respond_slate`). The whole slate enters the window in its order, each item
+    with its own response code, so the window holds the last ``L / k`` slates, and ``click``
+    says whether any item was chosen. Candidates (``num_candidates = C > 0``, RecSim's candidate
+    mode): at every reset and step, ``C`` items are drawn uniformly without replacement among
+    the items the history mask allows, and ``action_mask`` allows only them (``C = 0``: the
+    whole catalogue).
 
     Actions are not validated per step (that would force a device sync on GPU): sampling a
     masked item (or 0) is the caller's error.
@@ -155,6 +190,8 @@ class RecEnv(EnvBase):
         mask_history: bool = True,
         mask_scope: str = "window",
         max_episode_steps: int = 1000,
+        slate_size: int = 1,
+        num_candidates: int = 0,
         seed: int | None = None,
     ) -> None:
         check_param("history_length", history_length, 1)
@@ -176,6 +213,7 @@ class RecEnv(EnvBase):
                 f"history_length={history_length}; add items, shorten the history or set "
                 f"mask_history=False"
             )
+        check_slate(users, slate_size, num_candidates, history_length, mask_history)
         super().__init__(device=users.device, batch_size=torch.Size([users.num_users]))
         self.users = users
         self.num_items = users.num_items
@@ -183,6 +221,8 @@ class RecEnv(EnvBase):
         self.mask_history = mask_history
         self.mask_scope = mask_scope
         self.max_episode_steps = max_episode_steps
+        self.slate_size = slate_size
+        self.num_candidates = num_candidates
         self.rng = torch.Generator(device=self.device)
         self._make_specs()
 
@@ -198,6 +238,8 @@ class RecEnv(EnvBase):
         self._action_mask = self._fresh_mask.expand(B, N + 1).clone()  # [B, N+1]
         self._click = torch.zeros(B, dtype=torch.bool, device=dev)
         self._step_count = torch.zeros(B, dtype=torch.int64, device=dev)
+        # Candidate mode: the items on offer this step (every item otherwise).
+        self._candidate_mask = self._fresh_mask.expand(B, N + 1).clone()  # [B, N+1]
         self.set_seed(seed)
 
     @property
@@ -232,7 +274,8 @@ class RecEnv(EnvBase):
             shape=(B,),
             **kw,
         )
-        self.action_spec = Categorical(n=N + 1, shape=(B,), dtype=torch.int64, **kw)
+        action_shape = (B,) if self.slate_size == 1 else (B, self.slate_size)
+        self.action_spec = Categorical(n=N + 1, shape=action_shape, dtype=torch.int64, **kw)
         self.reward_spec = Unbounded(shape=(B, 1), dtype=torch.float32, **kw)
         done = Categorical(n=2, shape=(B, 1), dtype=torch.bool, **kw)
         self.done_spec = Composite(
@@ -273,6 +316,8 @@ class RecEnv(EnvBase):
                 mask.scatter_(1, self._history.where(reset[:, None], 0), False)
                 mask[:, 0] = False
                 self._action_mask = mask.where(reset[:, None], self._action_mask)
+        if self.num_candidates:
+            self._candidate_mask = self._draw_candidates(reset)
 
         # Users not reset are not done either: TorchRL only resets done users and merges
         # this output into the previous one under the `_reset` mask.
@@ -280,49 +325,76 @@ class RecEnv(EnvBase):
         return self._observation(done=not_done, terminated=not_done, truncated=not_done)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        action = tensordict.get("action")  # [B]
-        response = self.users.respond(action, self.rng)
+        action = tensordict.get("action")  # [B], or [B, k] for slates
+        if self.slate_size == 1:
+            response = self.users.respond(action, self.rng)
+            shown = action[:, None]  # [B, 1]
+            code = torch.where(response.click, CLICKED, SHOWN)[:, None]  # [B, 1]
+            watch = response.watch_time[:, None]  # [B, 1]
+            click, reward, done = response.click, response.watch_time, response.done
+        else:
+            response = self.users.respond_slate(action, self.rng)
+            shown = action  # [B, k]
+            chosen = torch.arange(self.slate_size, device=self.device) == response.position[:, None]
+            code = torch.where(chosen, CLICKED, SHOWN)  # [B, k]
+            watch = torch.where(chosen, response.watch_time[:, None], 0.0)  # [B, k]
+            click, reward, done = response.position >= 0, response.watch_time, response.done
 
-        dropped = self._history[:, 0]  # [B], item leaving the window
-        self._history = torch.cat([self._history[:, 1:], action[:, None]], dim=1)
-        code = torch.where(response.click, CLICKED, SHOWN)
-        self._history_response = torch.cat([self._history_response[:, 1:], code[:, None]], dim=1)
-        self._history_watch_time = torch.cat(
-            [self._history_watch_time[:, 1:], response.watch_time[:, None]], dim=1
-        )
+        k = shown.shape[1]
+        dropped = self._history[:, :k]  # [B, k], items leaving the window
+        self._history = torch.cat([self._history[:, k:], shown], dim=1)
+        self._history_response = torch.cat([self._history_response[:, k:], code], dim=1)
+        self._history_watch_time = torch.cat([self._history_watch_time[:, k:], watch], dim=1)
         if self.mask_history:
-            self._action_mask = self._shift_mask(dropped, action)
-        self._click = response.click
+            self._action_mask = self._shift_mask(dropped, shown)
+        if self.num_candidates:
+            self._candidate_mask = self._draw_candidates()
+        self._click = click
         self._step_count = self._step_count + 1
 
-        terminated = response.done[:, None]  # [B, 1]
+        terminated = done[:, None]  # [B, 1]
         truncated = (self._step_count >= self.max_episode_steps)[:, None]  # [B, 1]
         out = self._observation(
             done=terminated | truncated, terminated=terminated, truncated=truncated
         )
-        out.set("reward", response.watch_time[:, None])
+        out.set("reward", reward[:, None])
         return out
 
     # ------------------------------------------------------------------ helpers
     def _shift_mask(self, dropped: Tensor, shown: Tensor) -> Tensor:
-        """The mask after one window shift (``self._history`` already shifted).
+        """The mask after one window shift by ``k`` items (``self._history`` already shifted).
 
-        ``dropped`` [B] left the window (0 when the window was not full) and becomes valid
-        again unless another copy of it is still in the window; ``shown`` [B] becomes invalid.
-        Two [B]-sized scatters instead of a rebuild from the history; the copy is the only
+        ``dropped`` [B, k] left the window (0 when the window was not full) and become valid
+        again unless another copy is still in the window; ``shown`` [B, k] become invalid.
+        Two [B, k]-sized scatters instead of a rebuild from the history; the copy is the only
         [B, N+1] work, and it is needed: earlier steps of a rollout keep their own mask.
         With ``mask_scope="episode"`` nothing is re-enabled before the user's next reset.
         """
         mask = self._action_mask.clone()  # [B, N+1]; the previous one may be in a rollout
         if self.mask_scope == "episode":
-            mask.scatter_(1, shown[:, None], False)
+            mask.scatter_(1, shown, False)
             return mask
-        still_shown = (self._history == dropped[:, None]).any(dim=1)  # [B]
-        reenable = (dropped != 0) & ~still_shown  # [B]; id 0 stays masked
-        idx = dropped[:, None]  # [B, 1]
-        mask.scatter_(1, idx, mask.gather(1, idx) | reenable[:, None])
-        mask.scatter_(1, shown[:, None], False)
+        still_shown = (self._history[:, :, None] == dropped[:, None, :]).any(dim=1)  # [B, k]
+        reenable = (dropped != 0) & ~still_shown  # [B, k]; id 0 stays masked
+        # Copies of one item among ``dropped`` get the same value, so the scatter is well defined.
+        mask.scatter_(1, dropped, mask.gather(1, dropped) | reenable)
+        mask.scatter_(1, shown, False)
         return mask
+
+    def _draw_candidates(self, reset: Tensor | None = None) -> Tensor:
+        """``num_candidates`` items per user drawn uniformly without replacement among those the
+        history mask allows, as a [B, N+1] mask; with ``reset`` [B], only those users draw anew
+        (the others keep their candidates). Every user draws, so the random stream does not
+        depend on who resets."""
+        B, N = self.batch_size[0], self.num_items
+        keys = torch.rand(B, N + 1, generator=self.rng, device=self.device)  # [B, N+1]
+        keys = keys.masked_fill(~self._action_mask, -1.0)  # not allowed: never among the top C
+        drawn = keys.topk(self.num_candidates, dim=1).indices  # [B, C]
+        candidates = torch.zeros(B, N + 1, dtype=torch.bool, device=self.device)
+        candidates.scatter_(1, drawn, True)
+        if reset is None:
+            return candidates
+        return torch.where(reset[:, None], candidates, self._candidate_mask)
 
     def _clear_mask(self, reset: Tensor) -> Tensor:
         """The mask with the window items of the ``reset`` [B] users valid again.
@@ -345,7 +417,7 @@ class RecEnv(EnvBase):
                 "history": self._history,
                 "history_response": self._history_response,
                 "history_watch_time": self._history_watch_time,
-                "action_mask": self._action_mask,
+                "action_mask": self._allowed(),
                 "click": self._click,
                 **done_flags,
             },
@@ -353,10 +425,16 @@ class RecEnv(EnvBase):
             device=self.device,
         )
 
+    def _allowed(self) -> Tensor:
+        """What may be recommended now, [B, N+1]: the history mask, and the candidates if any."""
+        if self.num_candidates:
+            return self._action_mask & self._candidate_mask
+        return self._action_mask
+
     # ------------------------------------------------------------------ checkpoints
     #: The tensors of `RecEnv`'s own state (the user model keeps the rest).
     _STATE_TENSORS = ("_history", "_history_response", "_history_watch_time", "_action_mask",
-                      "_click", "_step_count")
+                      "_click", "_step_count", "_candidate_mask")
 
     def simulation_state(self) -> dict:
         """Everything a resumed run needs to go on simulating these users exactly: the histories,
@@ -375,6 +453,8 @@ class RecEnv(EnvBase):
     def load_simulation_state(self, state: dict) -> None:
         """Restores `simulation_state` into an env built with the same settings."""
         for name in self._STATE_TENSORS:
+            if name == "_candidate_mask" and name.lstrip("_") not in state:
+                continue  # saved before candidate mode existed: every item was on offer
             value = state[name.lstrip("_")]
             if value.shape != getattr(self, name).shape:
                 raise ValueError(
@@ -391,7 +471,39 @@ class RecEnv(EnvBase):
         A myopic oracle takes the argmax. Requires a user model that implements
         `UserResponseModel.expected_watch_time`.
         """
-        return self.users.expected_watch_time().masked_fill(~self._action_mask, float("-inf"))
+        return self.users.expected_watch_time().masked_fill(~self._allowed(), float("-inf"))
+
+
+def check_slate(users: UserResponseModel, slate_size: int, num_candidates: int,
+                history_length: int, mask_history: bool) -> None:
+    """One clear error for a slate setting the env cannot honour."""
+    if not (isinstance(slate_size, int) and slate_size >= 1):
+        raise ValueError(f"env.slate_size must be an integer >= 1 (items per recommendation), "
+                         f"got {slate_size!r}")
+    if not (isinstance(num_candidates, int) and num_candidates >= 0):
+        raise ValueError(f"env.num_candidates must be an integer >= 0 (0: the whole catalogue), "
+                         f"got {num_candidates!r}")
+    if slate_size > 1 and not users.supports_slates:
+        raise ValueError(
+            f"env.slate_size={slate_size}: {type(users).__name__} has no choice model for "
+            f"slates; use env.slate_size=1 with this env"
+        )
+    if slate_size > history_length:
+        raise ValueError(f"env.slate_size={slate_size} is larger than env.history_length="
+                         f"{history_length}: the window must hold at least one whole slate")
+    if num_candidates and slate_size > num_candidates:
+        raise ValueError(f"env.slate_size={slate_size} is larger than env.num_candidates="
+                         f"{num_candidates}: a slate is chosen among the candidates; lower the "
+                         f"slate size or raise the candidates")
+    offered = users.num_items - (history_length if mask_history else 0)
+    needed = max(slate_size, num_candidates)
+    if needed > offered:
+        raise ValueError(
+            f"env.slate_size={slate_size} / env.num_candidates={num_candidates} need {needed} "
+            f"allowed items, but {users.num_items} items minus a masked window of "
+            f"{history_length if mask_history else 0} leave {offered}; add items or shorten "
+            f"the history"
+        )
 
 
 def check_param(name: str, value: float, low: float, *, strict: bool = False) -> None:

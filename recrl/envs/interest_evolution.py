@@ -14,6 +14,12 @@ hidden interests ``x`` in [-1, 1]^K and a time budget. Recommending item ``i`` o
 
 The user leaves (terminated) when the budget reaches 0. Under a uniformly random policy
 this reproduces RecSim's numbers (return 137.5, episode length 116.8).
+
+Slates (``slate_size = k``): RecSim's multinomial proportional choice model. The user picks
+item ``j`` of the slate with probability ``w_j / (sum_i w_i + no_click_weight)`` and nothing
+with probability ``no_click_weight / (sum_i w_i + no_click_weight)``; the chosen item then acts
+as a clicked single recommendation does, and a slate without a click costs ``no_click_cost``.
+A slate of one is the single-item model, draw for draw.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from recrl.envs.base import RecEnv, UserResponse, UserResponseModel, check_param
+from recrl.envs.base import RecEnv, SlateResponse, UserResponse, UserResponseModel, check_param
 
 __all__ = ["InterestEvolutionEnv", "InterestEvolutionUsers", "cluster_quality_means"]
 
@@ -119,15 +125,39 @@ class InterestEvolutionUsers(UserResponseModel):
         )  # [B, 2]: click draw, interest-direction draw
 
         click = u[:, 0] < self._click_probability(x_c)  # [B]
+        return self._consume(action, click, u[:, 1])
+
+    def respond_slate(self, slate: Tensor, generator: torch.Generator) -> SlateResponse:
+        k = slate.shape[1]
+        weight = self.interest.gather(1, self.item_cluster[slate]) + 1  # [B, k], w = x_c + 1
+        total = weight.sum(dim=1, keepdim=True) + self.no_click_weight  # [B, 1]
+        u = torch.rand(
+            self.num_users, 2, generator=generator, dtype=torch.float32, device=self.device
+        )  # [B, 2]: choice draw, interest-direction draw
+        # The chosen position is the first whose cumulative choice probability exceeds the draw;
+        # k when the draw falls in the no-click mass.
+        position = (u[:, :1] >= (weight / total).cumsum(dim=1)).sum(dim=1)  # [B] in 0..k
+        click = position < k
+        chosen = slate.gather(1, position.clamp(max=k - 1)[:, None]).squeeze(1)  # [B]
+        response = self._consume(chosen, click, u[:, 1])
+        return SlateResponse(position=torch.where(click, position, -1),
+                             watch_time=response.watch_time, done=response.done)
+
+    def _consume(self, item: Tensor, click: Tensor, direction_draw: Tensor) -> UserResponse:
+        """The user watches ``item`` ([B]) where ``click`` ([B] bool): watch time, budget and the
+        interest in its topic move as the module docstring says; elsewhere the budget pays the
+        no-click cost."""
+        cluster = self.item_cluster[item][:, None]  # [B, 1]
+        x_c = self.interest.gather(1, cluster).squeeze(1)  # [B]
         # min(budget, length); the floor at 0 only matters if a finished user is stepped on.
         watch = torch.where(click, self.budget.clamp(0.0, self.item_length), 0.0)  # [B]
-        gain = self.quality_gain * watch * self.item_quality[action]
+        gain = self.quality_gain * watch * self.item_quality[item]
         self.budget = torch.where(
             click, self.budget - watch + gain, self.budget - self.no_click_cost
         )
 
         step = self.interest_step * (1 - x_c.abs()) * (1 - x_c)  # [B]
-        up = u[:, 1] < (x_c + 1) / 2
+        up = direction_draw < (x_c + 1) / 2
         moved = (x_c + torch.where(up, step, -step)).clamp(-1.0, 1.0)
         new_x_c = torch.where(click, moved, x_c)
         self.interest = self.interest.scatter(1, cluster, new_x_c[:, None])
@@ -202,6 +232,8 @@ class InterestEvolutionEnv(RecEnv):
         max_episode_steps: int = 1000,
         mask_history: bool = True,
         observe_topics: bool = True,
+        slate_size: int = 1,
+        num_candidates: int = 0,
         user_split: str = "train",
     ) -> None:
         # Synthetic users are fresh draws of the generator: training, validation and test users
@@ -229,6 +261,8 @@ class InterestEvolutionEnv(RecEnv):
             history_length=history_length,
             mask_history=mask_history,
             max_episode_steps=max_episode_steps,
+            slate_size=slate_size,
+            num_candidates=num_candidates,
             seed=seed,
         )
 

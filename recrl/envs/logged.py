@@ -39,7 +39,7 @@ from torch import Tensor
 from recrl.data import DataConfig, PreprocessConfig, Sequences, load_sequences, window_positions
 from recrl.data.formats import normalise_options, resolve_source
 from recrl.data.preprocess import source_fingerprint
-from recrl.envs.base import RecEnv, UserResponse, UserResponseModel, check_param
+from recrl.envs.base import RecEnv, SlateResponse, UserResponse, UserResponseModel, check_param
 from recrl.observation import CLICKED, MAX_RATING, PADDING
 from recrl.ranking import log_popularity
 
@@ -200,10 +200,15 @@ class LoggedUsers(UserResponseModel):
         click_rating: float = 4.0,
         boredom_window: int = 5,
         boredom_quantile: float = 0.05,
+        examination_decay: float = 0.8,
         distinct_users: bool = False,
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__(num_users, sequences.num_items, device)
+        if not 0.0 < examination_decay <= 1.0:
+            raise ValueError(f"env.examination_decay must be in (0, 1], got {examination_decay}")
+        #: Slates: the user examines slate position j (0 first) with probability decay ** j.
+        self.examination_decay = examination_decay
         check_param("boredom_window", boredom_window, 0)
         if not 0.0 <= boredom_quantile < 1.0:
             raise ValueError(f"env.boredom_quantile must be in [0, 1), got {boredom_quantile}")
@@ -284,15 +289,40 @@ class LoggedUsers(UserResponseModel):
     def respond(self, action: Tensor, generator: torch.Generator) -> UserResponse:
         rating = self.taste.ratings(self.user, action)
         click = rating >= self.click_rating
-        if self.boredom_window > 0:
-            shown = self.taste.item_vectors[action][:, None, :]  # [B, 1, D]
-            recent = self.taste.item_vectors[self.recent]  # [B, W, D]
-            close = (recent - shown).norm(dim=-1) < self.boredom_distance  # [B, W]
-            bored = (close & (self.recent != 0)).any(dim=1)
-            self.recent = torch.cat([self.recent[:, 1:], action[:, None]], dim=1)
-        else:
-            bored = torch.zeros_like(click)
+        bored = self._bored(action, update=torch.ones_like(click))
         return UserResponse(click=click, watch_time=rating, done=bored)
+
+    def respond_slate(self, slate: Tensor, generator: torch.Generator) -> SlateResponse:
+        """The cascade model (Craswell et al. 2008) with position-based examination: the user
+        reads the slate top-down and stops at the first examined item they like (predicted
+        rating >= ``click_rating``), which they click: at most one click. Position ``j`` (0 first)
+        is examined with probability ``examination_decay ** j``: one uniform draw per user, so
+        the examined positions are a prefix. The reward is the clicked item's predicted rating,
+        0 without a click; only a clicked item counts for boredom (it is the one watched)."""
+        num_users, k = slate.shape
+        rating = self.taste.ratings(self.user[:, None].expand(-1, k), slate)  # [B, k]
+        depth = torch.rand(num_users, generator=generator, device=self.device)  # [B]
+        examination = self.examination_decay ** torch.arange(k, device=self.device)  # [k]
+        hit = (rating >= self.click_rating) & (depth[:, None] < examination)  # [B, k]
+        click = hit.any(dim=1)
+        position = torch.where(click, hit.long().argmax(dim=1), -1)  # [B]
+        index = position.clamp(min=0)[:, None]
+        watch = torch.where(click, rating.gather(1, index).squeeze(1), 0.0)
+        bored = self._bored(slate.gather(1, index).squeeze(1), update=click)
+        return SlateResponse(position=position, watch_time=watch, done=bored & click)
+
+    def _bored(self, item: Tensor, update: Tensor) -> Tensor:
+        """Whether ``item`` [B] is too close to one of the user's recent items; the recent
+        window takes ``item`` where ``update`` [B] is True."""
+        if self.boredom_window == 0:
+            return torch.zeros_like(update)
+        shown = self.taste.item_vectors[item][:, None, :]  # [B, 1, D]
+        recent = self.taste.item_vectors[self.recent]  # [B, W, D]
+        close = (recent - shown).norm(dim=-1) < self.boredom_distance  # [B, W]
+        bored = (close & (self.recent != 0)).any(dim=1)
+        shifted = torch.cat([self.recent[:, 1:], item[:, None]], dim=1)
+        self.recent = torch.where(update[:, None], shifted, self.recent)
+        return bored
 
     def expected_watch_time(self) -> Tensor:
         return self.taste.ratings(self.user)
@@ -450,6 +480,8 @@ class LoggedEnv(RecEnv):
         max_episode_steps: int = 30,
         mask_history: bool = True,
         mask_scope: str = "episode",
+        slate_size: int = 1,
+        examination_decay: float = 0.8,
     ) -> None:
         if user_split not in USER_SPLITS:
             raise ValueError(f"user_split must be one of {USER_SPLITS}, got {user_split!r}")
@@ -469,10 +501,12 @@ class LoggedEnv(RecEnv):
         users = LoggedUsers(
             num_users, sequences, world.taste, user_pool=pool, history_length=history_length,
             logged_watch_time=watch, click_rating=click_rating, boredom_window=boredom_window,
-            boredom_quantile=boredom_quantile, distinct_users=evaluation, device=device,
+            boredom_quantile=boredom_quantile, examination_decay=examination_decay,
+            distinct_users=evaluation, device=device,
         )
         super().__init__(users, history_length=history_length, mask_history=mask_history,
-                         mask_scope=mask_scope, max_episode_steps=max_episode_steps, seed=seed)
+                         mask_scope=mask_scope, max_episode_steps=max_episode_steps,
+                         slate_size=slate_size, seed=seed)
         #: The preprocessed log (users, their item sequences, the split), for analysis and tests.
         self.sequences = sequences
         #: Each item's text ("title | genres", [N+1], "" at padding), or None when the log's format
