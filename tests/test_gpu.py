@@ -86,6 +86,13 @@ def test_training_runs_on_the_gpu(tmp_path: Path, algo: str) -> None:
     assert set(results["baselines"]) == {"random", "popular", "oracle_myopic"}
 
 
+@pytest.mark.parametrize("experiment", ["recsim_slateq", "recsim_slate_ppo"])
+def test_slate_training_runs_on_the_gpu(tmp_path: Path, experiment: str) -> None:
+    """Slates on the GPU: candidate draws, the choice model, SlateQ / Plackett-Luce, list metrics."""
+    results = gpu_run(tmp_path / "run", SHORT_SESSIONS, f"experiment={experiment}")
+    assert results["agent"]["slate_size"] == 2 and "slate_ndcg" in results["agent"]
+
+
 def test_dqn_replay_buffer_lives_on_the_gpu() -> None:
     """Rollouts, the replay buffer and its samples stay on the GPU: no host copy per update."""
     from tests.test_dqn import make_module

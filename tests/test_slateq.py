@@ -139,7 +139,7 @@ def test_listwise_ppo_learns_to_beat_random_slates() -> None:
     assert_beats_random(module)
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["recsim_slateq", "recsim_slate_ppo"])
 def test_a_slate_run_reports_list_metrics_for_every_policy(tmp_path, experiment: str) -> None:
     """RecSim's slate benchmark through the run's entry point: results.json holds the list
