@@ -28,7 +28,8 @@ from recrl.evaluation import (
 from recrl.plotting import plot_evaluation_curve
 from recrl.ranking import describe_protocol, evaluate_ranking, log_popularity, most_popular_scorer
 from recrl.run_folder import (
-    BEST_CHECKPOINT, EVALUATION_PLOT, LAST_CHECKPOINT, TEST_RETURNS_FILE, checkpoint_path,
+    BEST_CHECKPOINT, EVALUATION_PLOT, LAST_CHECKPOINT, POLICY_WEIGHTS, TEST_RETURNS_FILE,
+    checkpoint_path,
 )
 
 
@@ -59,6 +60,7 @@ def policy_results(module: Any, run: FinishedRun) -> RunResults | None:
     results, returns = final_evaluation(module, cfg, run.sequences, run.validation)
     if not run.trainer.is_global_zero:
         return None
+    save_policy_weights(module, checkpoint_path(run.output_dir, POLICY_WEIGHTS))
     test_returns = {"population": evaluation_population(cfg), "returns": returns}
     results.update(module.progress())
     results["evaluation_protocol"] = evaluation_protocol(cfg, run.sequences,
@@ -73,6 +75,16 @@ def policy_results(module: Any, run: FinishedRun) -> RunResults | None:
     plot_evaluation_curve(run.validation.curve, results["baselines"],
                           run.output_dir / EVALUATION_PLOT, title=run.title)
     return RunResults(results, {TEST_RETURNS_FILE: test_returns})
+
+
+def save_policy_weights(module: Any, path: Path) -> None:
+    """The weights the final evaluation played (``evaluation.select``'s), as a plain state dict
+    on the CPU, written whole or not at all: what `recrl.inference.load_run` serves."""
+    state = {key: value.detach().cpu() for key, value in module.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
 
 
 def evaluation_protocol(cfg: DictConfig, sequences: Sequences | None, num_test: int) -> str:

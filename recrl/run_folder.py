@@ -8,6 +8,7 @@ A run folder (``outputs/<date>/<time>/``, or ``hydra.run.dir=...``) holds:
     checkpoints/last.ckpt    the latest state; ckpt_path=last resumes from it
     checkpoints/last_good.ckpt   the state before a NaN / inf stopped the run
     checkpoints/best.ckpt    pretraining's weights of evaluation.select=best
+    checkpoints/policy.pt    a policy run's weights its final evaluation played (serving reads it)
     results.json             the final results (written last, never half-written)
     test_returns.json        every test user's return under the agent and each baseline
     evaluation_return.png    the validation curve beside the baselines
@@ -29,6 +30,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 LAST_GOOD_CHECKPOINT = "last_good.ckpt"
 BEST_CHECKPOINT = "best.ckpt"  # pretraining's weights of evaluation.select=best
+POLICY_WEIGHTS = "policy.pt"  # the state dict of the weights the final evaluation played
 
 
 def checkpoint_path(run_dir: Path | str, name: str = LAST_CHECKPOINT) -> Path:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+
+import pytest
 
 import recrl.envs.logged
 from recrl import observation
@@ -11,25 +14,32 @@ from recrl.envs import InterestEvolutionEnv
 from tests.conftest import REPO_ROOT
 
 
-def test_evaluation_side_imports_no_simulator() -> None:
-    """Ranking, baselines, callbacks and evaluation depend on the observation, not on the code
-    that simulates one (a fresh interpreter: this one has imported the simulators already)."""
-    code = ("import sys, recrl.ranking, recrl.baselines, recrl.callbacks, recrl.evaluation, "
+@pytest.fixture(scope="module")
+def fresh_imports() -> dict[str, list[str]]:
+    """In one fresh interpreter (this one has imported everything already): the simulator
+    modules loaded by the evaluation side's imports, then the post-run tools loaded once the
+    training path is imported too. One start-up for both checks."""
+    code = ("import json, sys, recrl.ranking, recrl.baselines, recrl.callbacks, recrl.evaluation, "
             "recrl.results; "
-            "print(sorted(m for m in sys.modules if m.startswith('recrl.envs')))")
+            "envs = sorted(m for m in sys.modules if m.startswith('recrl.envs')); "
+            "import recrl.run, recrl.build, lightning_modules, lightning_modules.reinforce; "
+            "tools = sorted(m for m in sys.modules if m in ('recrl.compare', 'recrl.report')); "
+            "print(json.dumps({'envs': envs, 'tools': tools}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                          text=True, check=True).stdout
-    assert out.strip() == "[]"
+    return json.loads(out)
 
 
-def test_the_training_path_imports_no_post_run_tool() -> None:
+def test_evaluation_side_imports_no_simulator(fresh_imports) -> None:
+    """Ranking, baselines, callbacks and evaluation depend on the observation, not on the code
+    that simulates one."""
+    assert fresh_imports["envs"] == []
+
+
+def test_the_training_path_imports_no_post_run_tool(fresh_imports) -> None:
     """A run (the CLI, the builder, every algorithm) never loads the tools that read finished
     runs: comparing and reporting can change without touching training."""
-    code = ("import sys, recrl.run, recrl.build, lightning_modules, lightning_modules.reinforce; "
-            "print(sorted(m for m in sys.modules if m in ('recrl.compare', 'recrl.report')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                         text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert fresh_imports["tools"] == []
 
 
 def test_simulators_write_the_shared_codes() -> None:

@@ -131,11 +131,11 @@ def test_slateq_learns_to_beat_random_slates() -> None:
 @pytest.mark.slow
 def test_listwise_ppo_learns_to_beat_random_slates() -> None:
     L.seed_everything(0, verbose=False)
-    module = small_module(PPOModule, env_kwargs=SLATES, num_envs=64, frames_per_batch=4096,
-                          ppo_epochs=1, minibatch_size=512, lr=2e-3, gamma=0.99)
+    module = small_module(PPOModule, env_kwargs=SLATES, num_envs=64, frames_per_batch=2048,
+                          ppo_epochs=1, minibatch_size=512, lr=3e-3, gamma=0.99)
     assert isinstance(module.policy_head.get_dist(
         module.state_encoder(module.make_env(2, seed=0).reset())), PlackettLuce)
-    train(module, 200)
+    train(module, 100)  # 51k env steps: 166.6 +- 3.4 against random's 153.1 +- 1.5
     assert_beats_random(module)
 
 
