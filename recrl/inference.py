@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from recrl.observation import CLICKED, PADDING
+from recrl.observation import CLICKED, MAX_RATING, PADDING
 from recrl.run_folder import (
     LAST_CHECKPOINT, POLICY_WEIGHTS, RESULTS_FILE, checkpoint_path,
 )
@@ -59,10 +59,11 @@ class TrainedPolicy:
     def scores(self, history: Tensor, watch_time: Tensor | None = None) -> Tensor:
         """The greedy policy's score of every item after each history ``[B, L]`` (internal ids,
         right-aligned, 0 = padding), ``[B, N+1]``. Every history item counts as chosen by the
-        user (``CLICKED``), as logged start histories do; ``watch_time`` defaults to 0."""
+        user (``CLICKED``), as logged start histories do; without ``watch_time`` each gets
+        ``MAX_RATING``, as an item of a log without ratings does."""
         response = torch.where(history > 0, CLICKED, PADDING)
         if watch_time is None:
-            watch_time = torch.zeros(history.shape, dtype=torch.float32, device=history.device)
+            watch_time = torch.where(history > 0, MAX_RATING, 0.0)
         return self.module.item_scores(history, response, watch_time)
 
 
