@@ -22,6 +22,7 @@ The server binds to 127.0.0.1 unless ``--host`` says otherwise.
 import argparse
 import hmac
 import os
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -172,12 +173,29 @@ def build_server(args: argparse.Namespace) -> ls.LitServer:
                         middlewares=middlewares)
 
 
+def stop_gracefully_on_sigterm() -> None:
+    """SIGTERM shuts down like Ctrl+C: LitServe then stops its uvicorn and inference worker
+    processes. (Its default on SIGTERM is to die alone and leave those workers running.)"""
+
+    main_process = os.getpid()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if os.getpid() != main_process:  # a forked worker: LitServe stops it with SIGTERM
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         server = build_server(args)
     except RunLoadError as error:
         raise SystemExit(f"recrl.serve: {error}") from None
+    stop_gracefully_on_sigterm()
     server.run(host=args.host, port=args.port, generate_client_file=False, log_level="warning")
 
 
