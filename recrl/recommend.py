@@ -40,11 +40,13 @@ class RecommendError(ValueError):
 
 
 def user_histories(policy: TrainedPolicy, log: pd.DataFrame, rating_scale: Any = None
-                   ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, list[np.ndarray], int]:
+                   ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                              int]:
     """Per user of ``log`` (columns user, item, timestamp, rating): the user ids (first
     appearance order), the last ``L`` known items ``[U, L]`` (internal ids, right-aligned), their
     watch times ``[U, L]`` (the rating on the simulator's scale, else the top of the scale), every
-    known item of the user (for exclusion), and the count of interactions with unknown items."""
+    known item of every user (for exclusion) as CSR: items ``[I]`` and offsets ``[U+1]``, and the
+    count of interactions with unknown items."""
     index_of = policy.index_of()
     items = log["item"].map(index_of)
     unknown = int(items.isna().sum())
@@ -68,10 +70,11 @@ def user_histories(policy: TrainedPolicy, log: pd.DataFrame, rating_scale: Any =
     cols = torch.as_tensor(L - 1 - from_end[keep], dtype=torch.int64)
     history[rows, cols] = torch.as_tensor(known["item"].to_numpy()[keep])
     watch_time[rows, cols] = torch.as_tensor(known["watch"].to_numpy()[keep], dtype=torch.float32)
-    seen = [np.empty(0, dtype=np.int64)] * len(users)
-    for row, group in known.groupby("row")["item"]:
-        seen[row] = group.to_numpy()
-    return users, history, watch_time, seen, unknown
+    seen_items = torch.as_tensor(known["item"].to_numpy())  # [I], grouped by user (sorted)
+    counts = torch.bincount(torch.as_tensor(known["row"].to_numpy(), dtype=torch.int64),
+                            minlength=len(users))
+    seen_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])  # [U+1]
+    return users, history, watch_time, seen_items, seen_offsets, unknown
 
 
 def recommend(policy: TrainedPolicy, log: pd.DataFrame, k: int, *, exclude_seen: bool = True,
@@ -84,7 +87,8 @@ def recommend(policy: TrainedPolicy, log: pd.DataFrame, k: int, *, exclude_seen:
         raise RecommendError(f"--k must be a positive integer, got {k!r}")
     if k > N:
         raise RecommendError(f"--k={k} is larger than the run's catalogue of {N} items")
-    users, history, watch_time, seen, unknown = user_histories(policy, log, rating_scale)
+    users, history, watch_time, seen_items, seen_offsets, unknown = user_histories(
+        policy, log, rating_scale)
     if unknown:
         print(f"recrl.recommend: {unknown} of {len(log)} interactions name items the run does not "
               f"know; they are left out of the histories", file=sys.stderr)
@@ -102,13 +106,10 @@ def recommend(policy: TrainedPolicy, log: pd.DataFrame, k: int, *, exclude_seen:
         scores = torch.where(cold[:, None], popular, scores)
         scores[:, 0] = float("-inf")
         if exclude_seen:
-            mask = torch.zeros_like(scores, dtype=torch.bool)
-            lengths = [len(s) for s in seen[rows]]
-            if sum(lengths):
-                chunk_rows = torch.repeat_interleave(torch.arange(len(lengths)),
-                                                     torch.tensor(lengths))
-                mask[chunk_rows, torch.as_tensor(np.concatenate(seen[rows]))] = True
-            scores = scores.masked_fill(mask, float("-inf"))
+            offsets = seen_offsets[start : start + len(chunk_history) + 1]  # this chunk's CSR
+            chunk_rows = torch.repeat_interleave(torch.arange(len(chunk_history)), offsets.diff())
+            items = seen_items[offsets[0] : offsets[-1]]
+            scores = scores.index_put((chunk_rows, items), torch.tensor(float("-inf")))
         top = scores.topk(k, dim=1)
         out_items.append(top.indices)
         out_scores.append(top.values)

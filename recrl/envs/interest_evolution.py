@@ -125,11 +125,13 @@ class InterestEvolutionUsers(UserResponseModel):
         )  # [B, 2]: click draw, interest-direction draw
 
         click = u[:, 0] < self._click_probability(x_c)  # [B]
-        return self._consume(action, click, u[:, 1])
+        return self._consume(action, cluster, x_c, click, u[:, 1])
 
     def respond_slate(self, slate: Tensor, generator: torch.Generator) -> SlateResponse:
         k = slate.shape[1]
-        weight = self.interest.gather(1, self.item_cluster[slate]) + 1  # [B, k], w = x_c + 1
+        clusters = self.item_cluster[slate]  # [B, k]
+        interest = self.interest.gather(1, clusters)  # [B, k]
+        weight = interest + 1  # w = x_c + 1
         total = weight.sum(dim=1, keepdim=True) + self.no_click_weight  # [B, 1]
         u = torch.rand(
             self.num_users, 2, generator=generator, dtype=torch.float32, device=self.device
@@ -138,17 +140,17 @@ class InterestEvolutionUsers(UserResponseModel):
         # k when the draw falls in the no-click mass.
         position = (u[:, :1] >= (weight / total).cumsum(dim=1)).sum(dim=1)  # [B] in 0..k
         click = position < k
-        chosen = slate.gather(1, position.clamp(max=k - 1)[:, None]).squeeze(1)  # [B]
-        response = self._consume(chosen, click, u[:, 1])
+        index = position.clamp(max=k - 1)[:, None]  # [B, 1]
+        response = self._consume(slate.gather(1, index).squeeze(1), clusters.gather(1, index),
+                                 interest.gather(1, index).squeeze(1), click, u[:, 1])
         return SlateResponse(position=torch.where(click, position, -1),
                              watch_time=response.watch_time, done=response.done)
 
-    def _consume(self, item: Tensor, click: Tensor, direction_draw: Tensor) -> UserResponse:
-        """The user watches ``item`` ([B]) where ``click`` ([B] bool): watch time, budget and the
-        interest in its topic move as the module docstring says; elsewhere the budget pays the
-        no-click cost."""
-        cluster = self.item_cluster[item][:, None]  # [B, 1]
-        x_c = self.interest.gather(1, cluster).squeeze(1)  # [B]
+    def _consume(self, item: Tensor, cluster: Tensor, x_c: Tensor, click: Tensor,
+                 direction_draw: Tensor) -> UserResponse:
+        """The user watches ``item`` ([B]; its topic ``cluster`` [B, 1], the user's interest in
+        it ``x_c`` [B]) where ``click`` ([B] bool): watch time, budget and that interest move as
+        the module docstring says; elsewhere the budget pays the no-click cost."""
         # min(budget, length); the floor at 0 only matters if a finished user is stepped on.
         watch = torch.where(click, self.budget.clamp(0.0, self.item_length), 0.0)  # [B]
         gain = self.quality_gain * watch * self.item_quality[item]
